@@ -1,0 +1,177 @@
+package config
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the whole, validated configuration of one pgsluice process.
+// It is a plain value: Load returns it, callers pass it down by value or
+// pointer and never mutate a Config another goroutine can see. Reloads build a
+// new Config and swap it in (see the proxy package).
+type Config struct {
+	// Listen is the client-facing address (host:port).
+	Listen string `mapstructure:"listen" yaml:"listen"`
+	// MaxMessageSize bounds one protocol message from a client (PostgreSQL's
+	// own limit is 1 GiB).
+	MaxMessageSize ByteSize `mapstructure:"max_message_size" yaml:"max_message_size"`
+	// ShutdownTimeout is how long SIGTERM waits for running transactions.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout" yaml:"shutdown_timeout"`
+
+	Admin    AdminConfig   `mapstructure:"admin" yaml:"admin"`
+	Pool     PoolConfig    `mapstructure:"pool" yaml:"pool"`
+	Primary  Node          `mapstructure:"primary" yaml:"primary"`
+	Replicas []Node        `mapstructure:"replicas" yaml:"replicas"`
+	Auth     AuthConfig    `mapstructure:"auth" yaml:"auth"`
+	TLS      TLSConfig     `mapstructure:"tls" yaml:"tls"`
+	Routing  RoutingConfig `mapstructure:"routing" yaml:"routing"`
+	Log      LogConfig     `mapstructure:"log" yaml:"log"`
+}
+
+// AdminConfig configures the HTTP admin endpoint and the admin console.
+type AdminConfig struct {
+	// Listen is the HTTP address serving /healthz, /readyz and /metrics.
+	// Empty disables the HTTP endpoint.
+	Listen string `mapstructure:"listen" yaml:"listen"`
+	// Users may open the admin console (database "pgsluice").
+	Users []string `mapstructure:"users" yaml:"users"`
+}
+
+// PoolConfig configures backend pools. Sizes are per (database, user, node).
+type PoolConfig struct {
+	Mode           string        `mapstructure:"mode" yaml:"mode"`
+	Size           int           `mapstructure:"size" yaml:"size"`
+	MinIdle        int           `mapstructure:"min_idle" yaml:"min_idle"`
+	AcquireTimeout time.Duration `mapstructure:"acquire_timeout" yaml:"acquire_timeout"`
+	IdleTimeout    time.Duration `mapstructure:"idle_timeout" yaml:"idle_timeout"`
+	MaxLifetime    time.Duration `mapstructure:"max_lifetime" yaml:"max_lifetime"`
+	MaxClientConn  int           `mapstructure:"max_client_conn" yaml:"max_client_conn"`
+	// ConnectTimeout bounds dialling and authenticating a backend.
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout"`
+	// CheckAfter: a backend idle longer than this is checked for liveness
+	// before it is lent out again.
+	CheckAfter time.Duration `mapstructure:"check_after" yaml:"check_after"`
+	// PreparedStatements bounds the prepared statements the proxy keeps on
+	// one backend connection (LRU; evicted ones are closed).
+	PreparedStatements int `mapstructure:"prepared_statements" yaml:"prepared_statements"`
+	// ClientLoginTimeout bounds the startup and authentication of a client.
+	ClientLoginTimeout time.Duration `mapstructure:"client_login_timeout" yaml:"client_login_timeout"`
+}
+
+// Pool modes.
+const (
+	ModeTransaction = "transaction"
+	ModeSession     = "session"
+)
+
+// Node is one PostgreSQL server.
+type Node struct {
+	Host   string `mapstructure:"host" yaml:"host"`
+	Port   int    `mapstructure:"port" yaml:"port"`
+	Weight int    `mapstructure:"weight" yaml:"weight"`
+}
+
+// Addr returns host:port.
+func (n Node) Addr() string { return n.Host + ":" + strconv.Itoa(n.Port) }
+
+// AuthConfig configures client authentication. The same credentials are
+// used towards the servers.
+type AuthConfig struct {
+	Method string `mapstructure:"method" yaml:"method"`
+	Users  []User `mapstructure:"users" yaml:"users"`
+}
+
+// User is one client credential.
+type User struct {
+	Name     string `mapstructure:"name" yaml:"name"`
+	Password Secret `mapstructure:"password" yaml:"password"`
+}
+
+// Auth methods.
+const (
+	AuthSCRAM = "scram-sha-256"
+	AuthMD5   = "md5"
+	AuthTrust = "trust"
+)
+
+// TLSConfig configures TLS towards clients (when CertFile is set) and
+// towards servers.
+type TLSConfig struct {
+	CertFile string `mapstructure:"cert_file" yaml:"cert_file"`
+	KeyFile  string `mapstructure:"key_file" yaml:"key_file"`
+	// Server is disable | prefer | require, towards backends.
+	Server string `mapstructure:"server" yaml:"server"`
+}
+
+// RoutingConfig configures read/write splitting.
+type RoutingConfig struct {
+	// Enabled turns on query classification and replica routing. With it
+	// off every query goes to the primary (pure pooling).
+	Enabled bool `mapstructure:"enabled" yaml:"enabled"`
+	// ShapeCacheSize bounds the classifier's cache of query shapes.
+	ShapeCacheSize int `mapstructure:"shape_cache_size" yaml:"shape_cache_size"`
+}
+
+// LogConfig configures the structured logger.
+type LogConfig struct {
+	Level  string `mapstructure:"level" yaml:"level"`
+	Format string `mapstructure:"format" yaml:"format"`
+}
+
+// Secret is a string that never prints itself.
+type Secret string
+
+// String masks the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "********"
+}
+
+// MarshalYAML masks the secret in --print-config output.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// ByteSize is a size in bytes, written in config as 1048576, "1MiB", "64KB"…
+type ByteSize int64
+
+// ParseByteSize parses "123", "64KiB", "1MB", "1GiB" (KB, MB, GB are taken as
+// powers of 1024 too, as PostgreSQL does for memory settings).
+func ParseByteSize(s string) (ByteSize, error) {
+	t := strings.TrimSpace(s)
+	mult := int64(1)
+	upper := strings.ToUpper(t)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KIB", 1 << 10}, {"MIB", 1 << 20}, {"GIB", 1 << 30}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(upper, u.suffix) {
+			mult = u.mult
+			t = strings.TrimSpace(t[:len(t)-len(u.suffix)])
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("invalid size %q (want e.g. 1048576, 64KiB, 1GiB)", s)
+	}
+	return ByteSize(n * mult), nil
+}
+
+// String renders the size with the largest exact binary unit.
+func (b ByteSize) String() string {
+	switch {
+	case b != 0 && b%(1<<30) == 0:
+		return strconv.FormatInt(int64(b>>30), 10) + "GiB"
+	case b != 0 && b%(1<<20) == 0:
+		return strconv.FormatInt(int64(b>>20), 10) + "MiB"
+	case b != 0 && b%(1<<10) == 0:
+		return strconv.FormatInt(int64(b>>10), 10) + "KiB"
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
+
+// MarshalYAML prints the size in its readable form.
+func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }

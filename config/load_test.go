@@ -1,0 +1,153 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pgsluice.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoad(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		file    string
+		env     []string
+		check   func(t *testing.T, c Config)
+		wantErr []string // substrings that must all appear
+	}{
+		{
+			name: "five-line file is a working config",
+			file: "primary:\n  host: db1\nauth:\n  users:\n    - {name: app, password: secret}\n",
+			check: func(t *testing.T, c Config) {
+				if c.Primary.Addr() != "db1:5432" || c.Pool.Size != 20 || c.Pool.Mode != "transaction" || c.Pool.AcquireTimeout != 5*time.Second {
+					t.Errorf("defaults not applied: %+v", c)
+				}
+				if c.MaxMessageSize != 1<<30 {
+					t.Errorf("max_message_size = %d", c.MaxMessageSize)
+				}
+			},
+		},
+		{
+			name: "env overrides file",
+			file: "primary: {host: db1}\npool: {size: 5}\nauth: {method: trust}\n",
+			env:  []string{"PGSLUICE_POOL_SIZE=7", "PGSLUICE_POOL_ACQUIRE_TIMEOUT=250ms", "PGSLUICE_REPLICAS=r1:5433,r2:5434", "PGSLUICE_MAX_MESSAGE_SIZE=64KiB"},
+			check: func(t *testing.T, c Config) {
+				if c.Pool.Size != 7 || c.Pool.AcquireTimeout != 250*time.Millisecond {
+					t.Errorf("env not applied: size=%d timeout=%s", c.Pool.Size, c.Pool.AcquireTimeout)
+				}
+				if len(c.Replicas) != 2 || c.Replicas[1].Addr() != "r2:5434" {
+					t.Errorf("replicas = %+v", c.Replicas)
+				}
+				if c.MaxMessageSize != 64<<10 {
+					t.Errorf("max_message_size = %d", c.MaxMessageSize)
+				}
+			},
+		},
+		{
+			name: "no file, env only",
+			env:  []string{"PGSLUICE_PRIMARY_HOST=127.0.0.1", "PGSLUICE_AUTH_METHOD=trust"},
+			check: func(t *testing.T, c Config) {
+				if c.Primary.Host != "127.0.0.1" || c.Auth.Method != "trust" {
+					t.Errorf("got %+v", c)
+				}
+			},
+		},
+		{
+			name:    "unknown key names its path",
+			file:    "primary: {host: db1}\nauth: {method: trust}\npool:\n  sise: 3\n",
+			wantErr: []string{"pool", "sise"},
+		},
+		{
+			name:    "unknown env override",
+			env:     []string{"PGSLUICE_POOL_SIZ=3", "PGSLUICE_PRIMARY_HOST=x"},
+			wantErr: []string{"PGSLUICE_POOL_SIZ"},
+		},
+		{
+			name: "every problem at once",
+			file: "primary: {port: 70000}\npool: {mode: statement, size: 0, acquire_timeout: 0s}\nauth: {method: md5}\ntls: {server: always}\nreplicas: [{host: r, port: 0}]\n",
+			wantErr: []string{"primary.host: required", "primary.port: want 1-65535", "pool.mode: want transaction or session",
+				"pool.size: want >= 1", "pool.acquire_timeout", "auth.users: required", "tls.server", "replicas[0].port"},
+		},
+		{
+			name:    "bad duration and size",
+			file:    "primary: {host: x}\nauth: {method: trust}\npool: {idle_timeout: soon}\nmax_message_size: lots\n",
+			wantErr: []string{"idle_timeout", "max_message_size"},
+		},
+		{
+			name:    "max_message_size bounds",
+			file:    "primary: {host: x}\nauth: {method: trust}\nmax_message_size: 2GiB\n",
+			wantErr: []string{"max_message_size: want between 1KiB and 1GiB"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := ""
+			if tc.file != "" {
+				path = writeFile(t, tc.file)
+			}
+			c, err := load(path, tc.env)
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("want error containing %q, got config %+v", tc.wantErr, c)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q lacks %q", err, w)
+					}
+				}
+				var ve *ValidationError
+				if !errors.As(err, &ve) {
+					t.Errorf("error is %T, want *ValidationError", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestPrintConfigMasksSecrets(t *testing.T) {
+	c, err := load(writeFile(t, "primary: {host: db1}\nauth:\n  users: [{name: app, password: hunter2}]\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := c.YAML()
+	if strings.Contains(y, "hunter2") {
+		t.Fatalf("password leaked:\n%s", y)
+	}
+	for _, want := range []string{"name: app", "password: '********'", "acquire_timeout: 5s", "max_message_size: 1GiB", "mode: transaction"} {
+		if !strings.Contains(y, want) {
+			t.Errorf("print-config lacks %q:\n%s", want, y)
+		}
+	}
+	if pw, ok := c.UserPassword("app"); !ok || pw != "hunter2" {
+		t.Errorf("UserPassword = %q %v", pw, ok)
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"1024": 1024, "64KiB": 64 << 10, "1MB": 1 << 20, "1GiB": 1 << 30, " 2 MiB ": 2 << 20} {
+		got, err := ParseByteSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "-1", "1XB"} {
+		if _, err := ParseByteSize(bad); err == nil {
+			t.Errorf("ParseByteSize(%q) succeeded", bad)
+		}
+	}
+}
