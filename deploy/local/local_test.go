@@ -87,7 +87,7 @@ func TestFullClusterLifecycle(t *testing.T) {
 	// Roles and auth methods.
 	for _, tc := range []struct {
 		user, pw, method string
-		ok                bool
+		ok               bool
 	}{
 		{"app", "secret", "SCRAM-SHA-256", true},
 		{"app", "wrong", "", false},
