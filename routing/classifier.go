@@ -1,0 +1,179 @@
+package routing
+
+import (
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+)
+
+// Options configure a Classifier. The zero value is valid.
+type Options struct {
+	// CacheSize is the number of shapes kept in the decision cache
+	// (default 10000). A negative value disables the cache: every call
+	// parses (for tests and comparisons).
+	CacheSize int
+	// Catalog gives function volatility; nil means BuiltinCatalog().
+	Catalog Catalog
+}
+
+const (
+	defaultCacheSize = 10000
+	numShards        = 32
+	// maxKeyBytes bounds the size of a cached key; longer texts are
+	// classified on every call (they are rare and costly to send anyway).
+	maxKeyBytes = 32 << 10
+	// stackKeyBytes is the key buffer that lives on the stack: shapes up to
+	// this size cost no allocation on a cache hit.
+	stackKeyBytes = 512
+)
+
+// Classifier classifies SQL text into Decisions, caching them by shape (see
+// doc.go). It is safe for concurrent use by many goroutines; create it with
+// New.
+type Classifier struct {
+	catalog atomic.Pointer[catalogBox]
+	seed    maphash.Seed
+	shards  [numShards]shard
+	perCap  int
+	enabled bool
+	gen     atomic.Uint64 // bumped by SetCatalog: stale misses are not cached
+}
+
+type catalogBox struct{ cat Catalog }
+
+type entry struct {
+	key string
+	d   Decision
+	ref atomic.Uint32 // CLOCK reference bit
+}
+
+// shard is one lock domain of the cache: a map for lookups and a CLOCK ring
+// for eviction. Hits take only the read lock.
+type shard struct {
+	mu     sync.RWMutex
+	m      map[string]*entry
+	ring   []*entry
+	hand   int
+	hits   atomic.Uint64
+	misses atomic.Uint64
+	_      [64]byte // keep shards' hot words on separate cache lines
+}
+
+// New returns a Classifier configured by opts.
+func New(opts Options) *Classifier {
+	c := &Classifier{seed: maphash.MakeSeed()}
+	cat := opts.Catalog
+	if cat == nil {
+		cat = BuiltinCatalog()
+	}
+	c.catalog.Store(&catalogBox{cat})
+	size := opts.CacheSize
+	if size == 0 {
+		size = defaultCacheSize
+	}
+	if size > 0 {
+		c.enabled = true
+		c.perCap = (size + numShards - 1) / numShards
+		for i := range c.shards {
+			c.shards[i].m = make(map[string]*entry)
+		}
+	}
+	return c
+}
+
+// SetCatalog atomically replaces the function catalog and clears the shape
+// cache, since cached decisions depend on function volatility. Safe for
+// concurrent use with Classify.
+func (c *Classifier) SetCatalog(cat Catalog) {
+	if cat == nil {
+		cat = BuiltinCatalog()
+	}
+	c.catalog.Store(&catalogBox{cat})
+	c.gen.Add(1)
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		if c.enabled {
+			s.m = make(map[string]*entry)
+		}
+		s.ring = nil
+		s.hand = 0
+		s.mu.Unlock()
+	}
+}
+
+// Stats returns the number of cache hits and misses since New.
+func (c *Classifier) Stats() (hits, misses uint64) {
+	for i := range c.shards {
+		hits += c.shards[i].hits.Load()
+		misses += c.shards[i].misses.Load()
+	}
+	return hits, misses
+}
+
+// Classify returns the routing decision for one query string (a simple
+// Query message, or the text of an extended-protocol Parse). It never fails:
+// text pg_query cannot parse yields ParseError and TargetPrimary. The
+// returned Decision shares its slices with the cache: callers must not
+// mutate them. Safe for concurrent use.
+func (c *Classifier) Classify(sql string) Decision {
+	var buf [stackKeyBytes]byte
+	key, info := appendShape(buf[:0], sql)
+	if !c.enabled || len(key) > maxKeyBytes {
+		return c.compute(sql, info)
+	}
+	s := &c.shards[maphash.Bytes(c.seed, key)%numShards]
+	s.mu.RLock()
+	e := s.m[string(key)]
+	s.mu.RUnlock()
+	if e != nil {
+		if e.ref.Load() == 0 {
+			e.ref.Store(1)
+		}
+		s.hits.Add(1)
+		return e.d
+	}
+	s.misses.Add(1)
+	gen := c.gen.Load()
+	d := c.compute(sql, info)
+	c.insert(s, string(key), d, gen)
+	return d
+}
+
+func (c *Classifier) compute(sql string, info shapeInfo) Decision {
+	d := analyze(c.catalog.Load().cat, sql)
+	applyHints(&d, info.hints)
+	return d
+}
+
+// insert adds a decision to a shard, evicting with the CLOCK algorithm
+// (second chance: a recently hit entry survives one sweep).
+func (c *Classifier) insert(s *shard, key string, d Decision, gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.gen.Load() != gen {
+		return // the catalog changed while we parsed
+	}
+	if _, ok := s.m[key]; ok {
+		return
+	}
+	e := &entry{key: key, d: d}
+	if len(s.ring) < c.perCap {
+		s.ring = append(s.ring, e)
+		s.m[key] = e
+		return
+	}
+	for {
+		old := s.ring[s.hand]
+		if old.ref.Load() != 0 {
+			old.ref.Store(0)
+			s.hand = (s.hand + 1) % len(s.ring)
+			continue
+		}
+		delete(s.m, old.key)
+		s.ring[s.hand] = e
+		s.m[key] = e
+		s.hand = (s.hand + 1) % len(s.ring)
+		return
+	}
+}
