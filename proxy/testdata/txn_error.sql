@@ -1,0 +1,31 @@
+-- An error inside an explicit transaction, then ROLLBACK; savepoints.
+SET client_min_messages = warning;
+DROP SCHEMA IF EXISTS psql_txn CASCADE;
+CREATE SCHEMA psql_txn;
+CREATE TABLE psql_txn.t (id int PRIMARY KEY, v int NOT NULL);
+INSERT INTO psql_txn.t VALUES (1, 10);
+BEGIN;
+UPDATE psql_txn.t SET v = v + 1 WHERE id = 1;
+SELECT v AS inside_txn FROM psql_txn.t WHERE id = 1;
+INSERT INTO psql_txn.t VALUES (1, 99);
+SELECT 'ignored: transaction is aborted';
+COMMIT;
+SELECT v AS after_failed_commit FROM psql_txn.t WHERE id = 1;
+BEGIN;
+INSERT INTO psql_txn.t VALUES (2, 20);
+SELECT 1/0;
+ROLLBACK;
+SELECT count(*) AS rows_after_rollback FROM psql_txn.t;
+BEGIN;
+INSERT INTO psql_txn.t VALUES (3, 30);
+SAVEPOINT sp;
+INSERT INTO psql_txn.t VALUES (3, 31);
+ROLLBACK TO SAVEPOINT sp;
+INSERT INTO psql_txn.t VALUES (4, 40);
+COMMIT;
+SELECT id, v FROM psql_txn.t ORDER BY id;
+-- Errors outside a transaction do not affect the next statement.
+SELECT no_such_column FROM psql_txn.t;
+SELECT * FROM psql_txn.no_such_table;
+SELECT 'still working' AS status;
+DROP SCHEMA psql_txn CASCADE;
