@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"regexp"
 	"sort"
 	"strings"
 
@@ -111,6 +112,7 @@ func (w *walker) walk(m protoreflect.Message) {
 		w.funcCall(x)
 	case *pg.LockingClause:
 		w.locking = true
+		return // its RangeVars name aliases (FOR UPDATE OF o), not tables
 	case *pg.InsertStmt:
 		w.dml = true
 		w.markWrite(x.Relation)
@@ -358,11 +360,108 @@ func stmtText(sql string, raw *pg.RawStmt) string {
 	if start < 0 || start > len(sql) || end > len(sql) || end < start {
 		return strings.TrimSpace(sql)
 	}
-	s := strings.TrimSpace(sql[start:end])
+	s := skipLeadingComments(sql[start:end])
+	s = s[:codeEnd(s)]
 	for strings.HasSuffix(s, ";") {
-		s = strings.TrimSpace(strings.TrimSuffix(s, ";"))
+		s = s[:codeEnd(strings.TrimSuffix(s, ";"))]
 	}
 	return s
+}
+
+// skipLeadingComments trims whitespace and leading comments (which may hold
+// hints meant for the original statement only).
+func skipLeadingComments(s string) string {
+	for {
+		s = strings.TrimSpace(s)
+		switch {
+		case strings.HasPrefix(s, "--"):
+			i := strings.IndexAny(s, "\r\n")
+			if i < 0 {
+				return ""
+			}
+			s = s[i:]
+		case strings.HasPrefix(s, "/*"):
+			depth, i := 1, 2
+			for i < len(s) && depth > 0 {
+				switch {
+				case strings.HasPrefix(s[i:], "/*"):
+					depth, i = depth+1, i+2
+				case strings.HasPrefix(s[i:], "*/"):
+					depth, i = depth-1, i+2
+				default:
+					i++
+				}
+			}
+			s = s[i:]
+		default:
+			return s
+		}
+	}
+}
+
+// codeEnd returns the end of the last character of s that is neither
+// whitespace nor inside a comment, so that trailing comments can be cut (a
+// trailing -- comment would swallow whatever the proxy appends).
+func codeEnd(s string) int {
+	end := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		switch {
+		case isSpace(c):
+			i++
+			continue
+		case c == '-' && i+1 < len(s) && s[i+1] == '-':
+			for i < len(s) && s[i] != '\n' && s[i] != '\r' {
+				i++
+			}
+			continue
+		case c == '/' && i+1 < len(s) && s[i+1] == '*':
+			depth := 1
+			i += 2
+			for i < len(s) && depth > 0 {
+				switch {
+				case strings.HasPrefix(s[i:], "/*"):
+					depth, i = depth+1, i+2
+				case strings.HasPrefix(s[i:], "*/"):
+					depth, i = depth-1, i+2
+				default:
+					i++
+				}
+			}
+			continue
+		case c == '\'':
+			i, _, _ = scanQuoted(s, i+1, modePlain)
+		case (c == 'e' || c == 'E') && i+1 < len(s) && s[i+1] == '\'' && (i == 0 || !isIdentCont(s[i-1])):
+			i, _, _ = scanQuoted(s, i+2, modeEscape)
+		case c == '"':
+			i++
+			for i < len(s) {
+				if s[i] == '"' {
+					if i+1 < len(s) && s[i+1] == '"' {
+						i += 2
+						continue
+					}
+					i++
+					break
+				}
+				i++
+			}
+		case c == '$' && (i == 0 || !isIdentCont(s[i-1])):
+			if e, ok := dollarDelim(s, i); ok {
+				if k := strings.Index(s[e:], s[i:e]); k >= 0 {
+					i = e + k + (e - i)
+				} else {
+					i = len(s)
+				}
+			} else {
+				i++
+			}
+		default:
+			i++
+		}
+		end = i
+	}
+	return end
 }
 
 func rangeVarsOf(nodes []*pg.Node) []*pg.RangeVar {
@@ -445,12 +544,18 @@ func classifyStmt(cat Catalog, sql string, raw *pg.RawStmt) stmtResult {
 			}
 			return inner
 		}
+		if inner.command == "explain" && e.Query.GetExecuteStmt() != nil {
+			// the prepared statement exists only on the session's backend
+			return primary(ReasonPrepared, "explain")
+		}
 		reads := append(append([]string(nil), inner.reads...), inner.written...)
 		return stmtResult{target: TargetReplica, reason: ReasonExplain, command: "explain", reads: reads}
 	case *pg.Node_TransactionStmt:
 		return transaction(s.TransactionStmt)
 	case *pg.Node_VariableSetStmt:
 		return variableSet(s.VariableSetStmt, stmtText(sql, raw))
+	case *pg.Node_ConstraintsSetStmt:
+		return stmtResult{target: TargetPrimary, reason: ReasonSet, command: "set", neutral: true}
 	case *pg.Node_VariableShowStmt:
 		return stmtResult{target: TargetReplica, reason: ReasonShow, command: "show", neutral: true}
 	case *pg.Node_CreateStmt:
@@ -749,6 +854,9 @@ func analyze(cat Catalog, sql string) Decision {
 	}
 	tree, err := pg.Parse(sql)
 	if err != nil {
+		if d, ok := pgsluiceSet(sql); ok {
+			return d
+		}
 		return unparseable(sql)
 	}
 	d := Decision{Statements: len(tree.Stmts)}
@@ -759,12 +867,12 @@ func analyze(cat Catalog, sql string) Decision {
 		d.Normalized = truncateUTF8(norm, maxNormalized)
 	}
 	if len(tree.Stmts) == 0 {
-		d.Target, d.Reason, d.Command = TargetPrimary, ReasonEmpty, "empty"
+		d.Target, d.Reason, d.Command, d.Normalized = TargetPrimary, ReasonEmpty, "empty", ""
 		return d
 	}
 	reads := map[string]bool{}
 	written := map[string]bool{}
-	var decided, anyPrimary bool
+	var decided, anyPrimary, neutralPrimary bool
 	var firstReason string
 	for i, raw := range tree.Stmts {
 		r := classifyStmt(cat, sql, raw)
@@ -776,6 +884,8 @@ func analyze(cat Catalog, sql string) Decision {
 			if r.target == TargetPrimary {
 				anyPrimary = true
 			}
+		} else if r.target == TargetPrimary {
+			neutralPrimary = true
 		}
 		if d.Pin == PinNone {
 			d.Pin = r.pin
@@ -798,7 +908,7 @@ func analyze(cat Catalog, sql string) Decision {
 	d.WriteTables = sortedKeys(written)
 	d.Reason = firstReason
 	d.Target = TargetReplica
-	if anyPrimary || !decided {
+	if anyPrimary || !decided && neutralPrimary {
 		d.Target = TargetPrimary
 	}
 	if len(tree.Stmts) > 1 {
@@ -810,6 +920,26 @@ func analyze(cat Catalog, sql string) Decision {
 		}
 	}
 	return d
+}
+
+// pgsluiceSetRE matches the proxy's own settings with an unquoted value that
+// PostgreSQL's grammar rejects because it is a reserved word
+// (SET pgsluice.route = primary).
+var pgsluiceSetRE = regexp.MustCompile(`(?is)^\s*SET\s+(?:SESSION\s+)?(pgsluice\.[a-z_][a-z0-9_]*)\s*(?:=|\s+TO\s+)\s*([a-z_][a-z0-9_]*)\s*;?\s*$`)
+
+func pgsluiceSet(sql string) (Decision, bool) {
+	m := pgsluiceSetRE.FindStringSubmatch(skipLeadingComments(sql))
+	if m == nil {
+		return Decision{}, false
+	}
+	name := strings.ToLower(m[1])
+	fp, _ := pg.FingerprintToUInt64("SET " + name + " = 'v'")
+	text := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(skipLeadingComments(sql)), ";"))
+	return Decision{
+		Target: TargetPrimary, Reason: ReasonSet, Command: "set", Statements: 1, Fingerprint: fp,
+		Normalized: truncateUTF8(text, maxNormalized),
+		Sets:       []SessionSet{{Kind: SetValue, Name: name, SQL: text}},
+	}, true
 }
 
 func unparseable(sql string) Decision {
