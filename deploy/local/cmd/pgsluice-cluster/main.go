@@ -11,6 +11,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"os/signal"
@@ -23,14 +24,29 @@ import (
 )
 
 func main() {
-	replica := flag.Bool("replica", false, "also start a streaming replica")
-	redis := flag.Bool("redis", false, "also start redis-server")
-	dir := flag.String("dir", "", "base directory for data (default: a new temporary directory, removed on exit)")
-	envFile := flag.String("env-file", "", "also write the export lines to this file (written atomically once everything is up)")
-	verbose := flag.Bool("v", false, "print server logs to stderr")
-	flag.Parse()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	if err := run(os.Args[1:], os.Stdout, os.Stderr, sig); err != nil {
+		fmt.Fprintln(os.Stderr, "pgsluice-cluster:", err)
+		os.Exit(1)
+	}
+}
 
-	logger := log.New(os.Stderr, "", log.LstdFlags)
+// run parses args, starts the cluster, prints the export lines to stdout
+// (and the env file), and stops the cluster when stop delivers a signal.
+func run(args []string, stdout, stderr io.Writer, stop <-chan os.Signal) error {
+	fs := flag.NewFlagSet("pgsluice-cluster", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	replica := fs.Bool("replica", false, "also start a streaming replica")
+	redis := fs.Bool("redis", false, "also start redis-server")
+	dir := fs.String("dir", "", "base directory for data (default: a new temporary directory, removed on exit)")
+	envFile := fs.String("env-file", "", "also write the export lines to this file (written atomically once everything is up, removed on exit)")
+	verbose := fs.Bool("v", false, "print server logs to stderr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	logger := log.New(stderr, "", log.LstdFlags)
 	opts := local.Options{Replica: *replica, Redis: *redis, Dir: *dir}
 	if *verbose {
 		opts.Logf = logger.Printf
@@ -39,30 +55,29 @@ func main() {
 	c, err := local.Start(ctx, opts)
 	cancel()
 	if err != nil {
-		logger.Fatalf("pgsluice-cluster: %v", err)
+		return err
 	}
 
 	env := exports(c)
-	fmt.Print(env)
+	fmt.Fprint(stdout, env)
 	if *envFile != "" {
 		if err := writeAtomic(*envFile, env); err != nil {
 			_ = c.Stop()
-			logger.Fatalf("pgsluice-cluster: write env file: %v", err)
+			return fmt.Errorf("write env file: %w", err)
 		}
 	}
 	logger.Printf("pgsluice-cluster: running (data in %s); SIGINT or SIGTERM stops it", c.Dir)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	s := <-sig
+	s := <-stop
 	logger.Printf("pgsluice-cluster: %v: stopping", s)
 	err = c.Stop()
 	if *envFile != "" {
 		_ = os.Remove(*envFile)
 	}
 	if err != nil {
-		logger.Fatalf("pgsluice-cluster: stop: %v", err)
+		return fmt.Errorf("stop: %w", err)
 	}
+	return nil
 }
 
 func exports(c *local.Cluster) string {
