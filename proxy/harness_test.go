@@ -26,7 +26,7 @@ func defaultTargetConfig() TargetConfig {
 		AuthMethod:     "scram-sha-256",
 		AcquireTimeout: 10 * time.Second,
 		MaxClientConn:  5000,
-		TLS:            true,
+		TLS:            false,
 	}
 }
 
