@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Shape keys.
@@ -26,7 +27,8 @@ import (
 // DELETE, MERGE, VALUES, TABLE, WITH or '(' (SET, BEGIN, DECLARE, EXPLAIN, all
 // utility statements), texts mentioning set_config, U&'' / U&"" tokens, E''
 // strings with octal, hex or Unicode escapes (they can make the text invalid),
-// unterminated strings, identifiers or comments, and NUL bytes.
+// unterminated strings, identifiers or comments, NUL bytes and text that is
+// not valid UTF-8.
 
 const (
 	phString = "\x00s" // '...', E'...', $$...$$ (SCONST)
@@ -66,9 +68,22 @@ func lowerASCII(c byte) byte {
 	return c
 }
 
+// literalSpan locates one constant replaced by a placeholder (for tests
+// that re-render a text with other constants).
+type literalSpan struct {
+	start, end int
+	class      byte // the placeholder's second byte
+}
+
 // appendShape appends the shape key of sql to dst and returns it. It never
 // panics and never allocates when dst has room for the key.
 func appendShape(dst []byte, sql string) ([]byte, shapeInfo) {
+	return appendShapeSpans(dst, sql, nil)
+}
+
+// appendShapeSpans is appendShape that also records the constants it
+// replaced when spans is not nil.
+func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, shapeInfo) {
 	var info shapeInfo
 	base := len(dst)
 	out := dst
@@ -83,6 +98,10 @@ func appendShape(dst []byte, sql string) ([]byte, shapeInfo) {
 		out = append(dst[:base], phFull...)
 		out = append(out, sql...)
 		return out, info
+	}
+	if !utf8.ValidString(sql) {
+		// pg_query (protobuf) and a UTF-8 server reject such text anyway
+		return full()
 	}
 	i := 0
 	for i < n {
@@ -143,6 +162,7 @@ func appendShape(dst []byte, sql string) ([]byte, shapeInfo) {
 		}
 		pendingSpace = false
 		tokStart := len(out)
+		tokStart0 := i
 		first := stmtStart
 		stmtStart = false
 		okStart := false // the token may start a shape-keyed statement
@@ -275,6 +295,9 @@ func appendShape(dst []byte, sql string) ([]byte, shapeInfo) {
 		}
 		if first && !okStart {
 			return full()
+		}
+		if spans != nil && len(out)-tokStart == 2 && out[tokStart] == 0 {
+			*spans = append(*spans, literalSpan{start: tokStart0, end: i, class: out[tokStart+1]})
 		}
 		p2s, p2e = p1s, p1e
 		p1s, p1e = tokStart, len(out)

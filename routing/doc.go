@@ -1,0 +1,80 @@
+// Package routing classifies SQL text for the proxy: for each query string it
+// decides where the statement may run (a replica or the primary), which
+// tables it reads and writes, whether its result may be cached, whether it
+// pins the client to its backend, what it does to the transaction state and
+// which session settings it changes. It is pure: no network, no net.Conn, no
+// dependency on the proxy. pg_query_go (cgo, PostgreSQL's own parser) is used
+// here and nowhere else.
+//
+// # Use
+//
+// The proxy creates one Classifier with New and calls Classify on every
+// simple Query and once per extended-protocol Parse. A Classifier is safe for
+// concurrent use; Decisions it returns share their slices with its cache and
+// must be treated as read-only. SetCatalog swaps the function-volatility
+// Catalog (built from LoadCatalogSQL on the primary) and clears the cache.
+//
+// # The shape cache
+//
+// pg_query costs tens to hundreds of microseconds per parse, more than a
+// whole pooled transaction, so the parser must not run per query. Classify
+// first runs a small scanner (shape.go) that mirrors PostgreSQL's lexer and
+// renders the text's *shape*: its tokens with constants replaced by
+// placeholders, unquoted identifiers folded to lower case, comments dropped
+// and whitespace collapsed (adjacent tokens stay adjacent, so operators lex
+// the same). Hints in leading comments are read before they are dropped and
+// become part of the key. The shape keys a bounded, sharded cache: each of 32
+// shards has a map under an RWMutex and a CLOCK ring for eviction; a hit
+// takes only the read lock, sets the entry's reference bit and copies out the
+// Decision without allocating. pg_query runs only on a miss.
+//
+// Invariants:
+//
+//   - Two texts with the same shape lex into the same tokens except for the
+//     values of constants, so they parse into the same tree and have the same
+//     pg_query fingerprint; FuzzShape checks this, and that their decisions
+//     are equal, by re-rendering texts with other constants.
+//   - No decision depends on a constant's value for a shape-keyed text.
+//     Texts where it could (any statement not starting with SELECT, INSERT,
+//     UPDATE, DELETE, MERGE, VALUES, TABLE, WITH or '(' — so SET, RESET,
+//     BEGIN, EXPLAIN, DECLARE and every utility statement — and anything
+//     mentioning set_config) are keyed by their full text, so SessionSet.SQL
+//     always comes from the text being classified. So are texts whose lexing
+//     is too subtle to mirror (U&” strings, E” strings with octal, hex or
+//     Unicode escapes, unterminated tokens, NUL bytes, invalid UTF-8).
+//   - Placeholders start with a NUL byte, which never reaches a shape key, so
+//     a placeholder cannot collide with verbatim text.
+//   - The cache is bounded by Options.CacheSize entries and keys longer than
+//     32 KiB are not cached. A catalog swap clears it, and a miss computed
+//     under an older catalog is not inserted.
+//   - Decision.Normalized is that of the first text seen with the shape.
+//
+// # Rules
+//
+// Writes (INSERT/UPDATE/DELETE/MERGE, data-modifying CTEs, SELECT INTO,
+// COPY FROM, TRUNCATE), DDL, locks (LOCK, FOR UPDATE/SHARE anywhere), calls
+// of volatile or unknown functions, maintenance, CALL/DO, NOTIFY,
+// LISTEN, prepared statements, cursors, SET/RESET, read-write BEGIN and
+// unparseable text go to the primary. Reads using only immutable and stable
+// functions, COPY ... TO STDOUT, EXPLAIN without ANALYZE (or EXPLAIN ANALYZE
+// of a read), SHOW and BEGIN READ ONLY may go to a replica. A multi-statement
+// string goes to the primary if any of its statements must; transaction
+// control, SAVEPOINT, SET LOCAL, SET TRANSACTION and SHOW do not decide. The
+// golden files in testdata/*.json are the detailed specification, and
+// TestGoldenReplicaReadOnly runs every replica-routed golden statement in a
+// READ ONLY transaction on a real PostgreSQL 15.
+//
+// Hints come only from comments before the first token:
+// /* pgsluice: route=primary|replica cache ttl=30s nocache */ (or --).
+// route=replica is honoured for reads and for calls of volatile functions;
+// on a write it yields Reason "hint_rejected" with TargetPrimary.
+//
+// Limits: the scanner assumes standard_conforming_strings=on and UTF-8 text
+// (as pg_query does); a session that turns standard_conforming_strings off
+// should be routed to the primary by the proxy (the SET shows up in Sets).
+// pg_query implements PostgreSQL 16's grammar; constructs new in 16 (0x1F
+// literals, ...) are accepted here and rejected by a 15 server, which then
+// reports the error. Volatility comes from pg_proc, so a function that lies
+// about it, user operators and type input functions are not seen; views are
+// reported by their own name.
+package routing
