@@ -56,7 +56,7 @@ func decodeEntry(b []byte) (redisEntry, error) {
 	}
 	b = b[1:]
 	str := func() (string, bool) {
-		l, n := binary.Uvarint(b)
+		l, n := uvarint(b)
 		if n <= 0 || l > uint64(len(b)-n) {
 			return "", false
 		}
@@ -68,7 +68,7 @@ func decodeEntry(b []byte) (redisEntry, error) {
 	if e.db, ok = str(); !ok {
 		return e, errCorruptEntry
 	}
-	nt, n := binary.Uvarint(b)
+	nt, n := uvarint(b)
 	if n <= 0 || nt > uint64(len(b)) { // every table takes at least one byte
 		return e, errCorruptEntry
 	}
@@ -93,4 +93,14 @@ func decodeEntry(b []byte) (redisEntry, error) {
 	e.created = time.Unix(0, int64(binary.BigEndian.Uint64(b)))
 	e.frames = b[8:]
 	return e, nil
+}
+
+// uvarint decodes a minimally encoded uvarint (so that every entry has one
+// encoding); n <= 0 means malformed.
+func uvarint(b []byte) (uint64, int) {
+	v, n := binary.Uvarint(b)
+	if n > 1 && b[n-1] == 0 { // a trailing zero group is a non-minimal encoding
+		return 0, -1
+	}
+	return v, n
 }
