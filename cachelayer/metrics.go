@@ -50,10 +50,16 @@ func newMetrics(tier string, reg prometheus.Registerer) *metrics {
 			Namespace: "pgsluice", Subsystem: "cache", Name: name, Help: help, ConstLabels: cl,
 		}, labels)).(*prometheus.CounterVec)
 	}
-	g := func(name, help string) prometheus.Gauge {
-		return register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+	// g registers a gauge only for the tier it describes; the other tier
+	// keeps an unregistered one so callers need no nil checks.
+	g := func(forTier, name, help string) prometheus.Gauge {
+		gauge := prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "pgsluice", Subsystem: "cache", Name: name, Help: help, ConstLabels: cl,
-		})).(prometheus.Gauge)
+		})
+		if forTier != tier {
+			return gauge
+		}
+		return register(reg, gauge).(prometheus.Gauge)
 	}
 	return &metrics{
 		hits:          c("hits_total", "Cache lookups answered by this tier."),
@@ -63,10 +69,10 @@ func newMetrics(tier string, reg prometheus.Registerer) *metrics {
 		invalidations: cv("invalidations_total", "Invalidations applied, by scope (table, db, all).", "scope"),
 		setDrops:      cv("set_drops_total", "Results not stored, by reason.", "reason"),
 		flight:        cv("singleflight_total", "Do calls by single-flight outcome.", "outcome"),
-		bytes:         g("memory_bytes", "Bytes held by the in-process tier."),
-		entries:       g("memory_entries", "Entries held by the in-process tier."),
-		breakerState:  g("redis_breaker_state", "Redis circuit breaker state: 0 closed, 1 half-open, 2 open."),
-		pending:       g("redis_pending_invalidations", "Generation keys whose invalidation still has to reach Redis."),
+		bytes:         g("memory", "memory_bytes", "Bytes held by the in-process tier."),
+		entries:       g("memory", "memory_entries", "Entries held by the in-process tier."),
+		breakerState:  g("redis", "redis_breaker_state", "Redis circuit breaker state: 0 closed, 1 half-open, 2 open."),
+		pending:       g("redis", "redis_pending_invalidations", "Generation keys whose invalidation still has to reach Redis."),
 	}
 }
 

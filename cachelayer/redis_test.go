@@ -420,3 +420,36 @@ func TestRedisSlow(t *testing.T) {
 	}
 	_ = context.Background
 }
+
+func TestMetricsRegistered(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := NewRedis(RedisOptions{Addr: "127.0.0.1:1", Timeout: 50 * time.Millisecond}, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewTiered(NewMemory(MemoryOptions{}, reg), r)
+	defer c.Close()
+	c.Get(bg, "db", key("q")) // unreachable Redis: a bypass, no error
+	c.Invalidate(bg, "db", []string{"t"})
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %v", problems, err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, want := range []string{"pgsluice_cache_misses_total", "pgsluice_cache_bypasses_total",
+		"pgsluice_cache_invalidations_total", "pgsluice_cache_memory_bytes", "pgsluice_cache_redis_breaker_state",
+		"pgsluice_cache_redis_pending_invalidations"} {
+		if !names[want] {
+			t.Errorf("metric %s not registered (have %v)", want, names)
+		}
+	}
+	if v := testutil.ToFloat64(r.m.pending); v != 1 {
+		t.Errorf("pending = %v", v)
+	}
+}
