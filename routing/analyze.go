@@ -742,6 +742,10 @@ func transaction(t *pg.TransactionStmt) stmtResult {
 		r.txn = TxnBegin
 		if txnReadOnly(t.Options) {
 			r.target, r.txn = TargetReplica, TxnBeginReadOnly
+			if txnSerializable(t.Options) {
+				// a hot standby refuses SERIALIZABLE transactions
+				r.target = TargetPrimary
+			}
 		}
 	case pg.TransactionStmtKind_TRANS_STMT_COMMIT, pg.TransactionStmtKind_TRANS_STMT_ROLLBACK:
 		r.command = "commit"
@@ -782,6 +786,20 @@ func txnReadOnly(opts []*pg.Node) bool {
 		ro = ok && b
 	}
 	return ro
+}
+
+// txnSerializable reports whether transaction options ask for SERIALIZABLE.
+func txnSerializable(opts []*pg.Node) bool {
+	ser := false
+	for _, o := range opts {
+		d := o.GetDefElem()
+		if d == nil || d.Defname != "transaction_isolation" {
+			continue
+		}
+		s, _ := constString(d.Arg)
+		ser = strings.EqualFold(s, "serializable")
+	}
+	return ser
 }
 
 // sessionCharacteristics maps SET SESSION CHARACTERISTICS options to GUCs.

@@ -34,14 +34,20 @@ type testServer struct {
 }
 
 var (
-	serverOnce sync.Once
-	server     *testServer
-	serverErr  error
+	serverOnce  sync.Once
+	server      *testServer
+	serverErr   error
+	standbyOnce sync.Once
+	standby     *testServer
+	standbyErr  error
 )
 
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := m.Run()
+	if standby != nil {
+		standby.stop()
+	}
 	if server != nil {
 		server.stop()
 	}
@@ -93,6 +99,37 @@ func startServer() (*testServer, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("initdb: %v: %s", err, out)
 	}
+	return launch(dir, attr)
+}
+
+// startStandby makes a streaming hot standby of primary (pg_basebackup -R).
+func startStandby(primary *testServer) (*testServer, error) {
+	attr, uid, gid, err := postgresCred()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "routing-standby-")
+	if err != nil {
+		return nil, err
+	}
+	if uid >= 0 {
+		if err := os.Chown(dir, uid, gid); err != nil {
+			return nil, err
+		}
+	}
+	bb := exec.Command(filepath.Join(pgBin, "pg_basebackup"), "-D", filepath.Join(dir, "data"), "-R", "-X", "stream", "--no-sync", "-c", "fast",
+		"-h", "127.0.0.1", "-p", strconv.Itoa(primary.port), "-U", "postgres")
+	bb.SysProcAttr = attr
+	if out, err := bb.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("pg_basebackup: %v: %s", err, out)
+	}
+	return launch(dir, attr)
+}
+
+// launch starts postgres on dir/data and waits until it accepts connections.
+func launch(dir string, attr *syscall.SysProcAttr) (*testServer, error) {
+	data := filepath.Join(dir, "data")
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -163,9 +200,26 @@ func connect(t *testing.T) *pgx.Conn {
 	if serverErr != nil {
 		t.Fatalf("start PostgreSQL 15: %v", serverErr)
 	}
+	return connectTo(t, server, "postgres")
+}
+
+// connectStandby returns a connection to a hot standby of the shared test
+// server, starting it on first use.
+func connectStandby(t *testing.T) *pgx.Conn {
+	t.Helper()
+	connect(t)
+	standbyOnce.Do(func() { standby, standbyErr = startStandby(server) })
+	if standbyErr != nil {
+		t.Fatalf("start standby: %v", standbyErr)
+	}
+	return connectTo(t, standby, "standby")
+}
+
+func connectTo(t *testing.T, s *testServer, logPrefix string) *pgx.Conn {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, server.connString())
+	conn, err := pgx.Connect(ctx, s.connString())
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -173,8 +227,8 @@ func connect(t *testing.T) *pgx.Conn {
 		conn.Close(context.Background())
 		for {
 			select {
-			case l := <-server.logs:
-				t.Logf("postgres: %s", l)
+			case l := <-s.logs:
+				t.Logf("%s: %s", logPrefix, l)
 			default:
 				return
 			}
