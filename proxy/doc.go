@@ -1,0 +1,51 @@
+// Package proxy is pgsluice's server: the accept loop, the client session
+// state machine, backend pools, authentication, TLS, the cancel-key map, the
+// admin HTTP endpoint and graceful shutdown.
+//
+// # Sessions
+//
+// Each client connection is a session (session.go) that moves through named
+// states: startup -> auth -> idle <-> busy -> closed. "busy" means a server
+// connection is attached. Two goroutines work on a busy session: the session
+// goroutine reads client messages and writes them to the server; the pump
+// goroutine (pump.go) reads server messages and forwards them to the client.
+// The session mutex guards what they share: the attached backend, the queue
+// of in-flight operations, the client writer and the transaction status.
+//
+// Every message sent to a server pushes an op (ops.go) describing the
+// response it will produce; the pump matches each server message to the op
+// at the head of the queue. This is what lets the proxy inject messages
+// (re-Parse of a prepared statement on a server that lacks it, replay of
+// session settings, Close of an evicted statement) and swallow their
+// answers, and synthesise answers itself (ParseComplete for a statement the
+// server already has, CloseComplete, errors) at exactly the right place in
+// the response stream. After an ErrorResponse the ops of that Sync cycle are
+// dropped, as PostgreSQL ignores the rest of the batch until Sync.
+//
+// # Safe points
+//
+// In transaction mode a server connection goes back to the pool only at a
+// safe point (safeToReleaseLocked): the server sent ReadyForQuery 'I', no op
+// is outstanding, no write is in flight, no COPY runs, and the session is not
+// pinned. Only the pump releases, because only it may stop reading the
+// server. Session state that cannot move (LISTEN, advisory locks, temp
+// tables, WITH HOLD cursors, SQL PREPARE, SET ROLE) pins the session to its
+// server connection until the client leaves; pins are counted by reason.
+//
+// # Carried session state
+//
+// Named prepared statements get a proxy-wide name derived from their text,
+// parameter types and the session's settings (extended.go); each server
+// connection keeps an LRU of the names it has prepared. Startup parameters
+// and committed SETs form the session's settings (settings.go); a server
+// connection whose settings signature differs is brought in line with one
+// injected query before the client's first message.
+//
+// # Failure
+//
+// A client that leaves with a transaction open, a COPY running or anything in
+// flight has its server connection closed, so PostgreSQL rolls back. A server
+// that goes away under a busy client ends that client's session with a FATAL
+// error; other clients are unaffected. All errors reach clients through
+// proxy/pgerr, the one place that assigns SQLSTATEs.
+package proxy

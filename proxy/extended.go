@@ -1,0 +1,397 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/pgsluice/pgsluice/proxy/pgerr"
+	"github.com/pgsluice/pgsluice/proxy/wire"
+	"github.com/pgsluice/pgsluice/routing"
+)
+
+// stmtInfo is a client's prepared statement. name is the proxy-wide name it
+// has on every server connection: derived from the text, the parameter
+// types and the session settings (search_path changes what a name means),
+// so clients that prepare the same statement share it on a server.
+type stmtInfo struct {
+	name     string
+	parse    []byte // Parse body under the proxy-wide name, ready to send
+	decision routing.Decision
+}
+
+// pendingSets carries what a statement changes in the session, recorded
+// when it completes.
+type pendingSets struct {
+	sets          []routing.SessionSet
+	resetPrepared bool // DISCARD ALL / DEALLOCATE ALL wiped the server's statements
+}
+
+func effects(d *routing.Decision) *pendingSets {
+	reset := d.Command == "discard" || d.Command == "deallocate"
+	if len(d.Sets) == 0 && !reset {
+		return nil
+	}
+	return &pendingSets{sets: d.Sets, resetPrepared: reset}
+}
+
+// stmtName returns the proxy-wide name of a statement.
+func stmtName(sig string, query, paramTypes []byte) string {
+	h := xxhash.New()
+	h.WriteString(sig)
+	h.Write([]byte{0})
+	h.Write(query)
+	h.Write([]byte{0})
+	h.Write(paramTypes)
+	var sum [8]byte
+	binary.BigEndian.PutUint64(sum[:], h.Sum64())
+	return "pgsluice_" + hex.EncodeToString(sum[:])
+}
+
+// parseMsg splits a Parse body into name, query and the parameter-type
+// section (Int16 count + Int32 OIDs), validating its layout.
+func parseMsg(body []byte) (name, query, params []byte, ok bool) {
+	name, rest, ok := wire.CString(body)
+	if !ok {
+		return nil, nil, nil, false
+	}
+	query, params, ok = wire.CString(rest)
+	if !ok || len(params) < 2 {
+		return nil, nil, nil, false
+	}
+	n := int(binary.BigEndian.Uint16(params))
+	if len(params) != 2+4*n {
+		return nil, nil, nil, false
+	}
+	return name, query, params, true
+}
+
+// appendParse appends a whole Parse message.
+func appendParse(dst []byte, name string, query, params []byte) []byte {
+	dst = wire.AppendHeader(dst, 'P', len(name)+1+len(query)+1+len(params))
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	dst = append(dst, query...)
+	dst = append(dst, 0)
+	return append(dst, params...)
+}
+
+// skippingNow reports whether the current cycle is being ignored after an
+// error (the server will not answer its messages).
+func (s *session) skippingNow() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.skipping && s.skipCycle == s.cycle
+}
+
+// lockAttached attaches a server connection and returns it with mu held.
+func (s *session) lockAttached() (*backend, error) {
+	for {
+		if err := s.attach(); err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		if s.b != nil {
+			return s.b, nil
+		}
+		s.mu.Unlock()
+	}
+}
+
+// send writes s.out to b (mu not held) and ends the in-flight write.
+// While the write is in flight (inflight > 0) the pump cannot release b.
+// When the client has nothing more buffered the bytes are flushed at once;
+// otherwise they wait for the next message (one syscall per batch).
+func (s *session) send(b *backend) error {
+	_, err := b.w.Write(s.out)
+	s.out = s.out[:0]
+	if err == nil && s.r.Buffered() == 0 {
+		err = b.w.Flush()
+		if s.dirty == b {
+			s.dirty = nil
+		}
+	} else {
+		s.dirty = b
+	}
+	s.end()
+	return err
+}
+
+// ensureStmtLocked makes sure b has info prepared, queueing an injected
+// Parse (and the Close of an evicted statement) into s.out.
+func (s *session) ensureStmtLocked(b *backend, info *stmtInfo) {
+	if b.prepared.has(info.name) {
+		return
+	}
+	if evicted := b.prepared.add(info.name); evicted != "" {
+		s.pushLocked(op{kind: opCloseDrop})
+		s.out = wire.AppendHeader(s.out, 'C', 1+len(evicted)+1)
+		s.out = append(s.out, 'S')
+		s.out = append(s.out, evicted...)
+		s.out = append(s.out, 0)
+	}
+	s.pushLocked(op{kind: opParseDrop, stmt: info.name})
+	s.out = wire.AppendHeader(s.out, 'P', len(info.parse))
+	s.out = append(s.out, info.parse...)
+}
+
+// ensureUnnamedLocked re-creates the client's unnamed statement on b when
+// another client (or a simple query) has replaced it since it was parsed.
+func (s *session) ensureUnnamedLocked(b *backend) {
+	if s.unnamed == nil || (b.unnamedBy == s && b.unnamedGen == s.unnamedGen) {
+		return
+	}
+	s.pushLocked(op{kind: opParseDrop})
+	s.out = wire.AppendHeader(s.out, 'P', len(s.unnamed.parse))
+	s.out = append(s.out, s.unnamed.parse...)
+	b.unnamedBy, b.unnamedGen = s, s.unnamedGen
+}
+
+// forwardRaw sends a message the server will ignore (skip mode), with no op.
+func (s *session) forwardRaw(typ byte, body []byte) error {
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, false)
+	}
+	s.inflight++
+	s.mu.Unlock()
+	s.out = wire.AppendHeader(s.out[:0], typ, len(body))
+	s.out = append(s.out, body...)
+	return s.send(b)
+}
+
+func (s *session) handleParse(body []byte) error {
+	if s.skippingNow() {
+		return s.forwardRaw('P', body)
+	}
+	name, query, params, ok := parseMsg(body)
+	if !ok {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Parse message")
+	}
+	d := s.srv.classify(string(query))
+	if d.Pin != routing.PinNone {
+		s.pin(d.Pin)
+	}
+	pn := ""
+	if len(name) > 0 {
+		if _, exists := s.stmts[string(name)]; exists {
+			return s.localError(pgerr.New("42P05", "prepared statement \"%s\" already exists", name), false)
+		}
+		pn = stmtName(s.settings.sig, query, params)
+	}
+	info := &stmtInfo{name: pn, decision: d}
+	info.parse = append(info.parse, pn...)
+	info.parse = append(info.parse, 0)
+	info.parse = append(info.parse, query...)
+	info.parse = append(info.parse, 0)
+	info.parse = append(info.parse, params...)
+
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, false)
+	}
+	s.out = s.out[:0]
+	if pn == "" {
+		s.unnamed = info
+		s.unnamedGen++
+		b.unnamedBy, b.unnamedGen = s, s.unnamedGen
+		s.pushLocked(op{kind: opParse})
+		s.out = wire.AppendHeader(s.out, 'P', len(body))
+		s.out = append(s.out, body...)
+	} else {
+		s.stmts[string(name)] = info
+		if b.prepared.has(pn) {
+			s.pushLocked(op{kind: opSynth, msg: parseComplete})
+			s.mu.Unlock()
+			return nil
+		}
+		if evicted := b.prepared.add(pn); evicted != "" {
+			s.pushLocked(op{kind: opCloseDrop})
+			s.out = wire.AppendHeader(s.out, 'C', 1+len(evicted)+1)
+			s.out = append(s.out, 'S')
+			s.out = append(s.out, evicted...)
+			s.out = append(s.out, 0)
+		}
+		s.pushLocked(op{kind: opParse, stmt: pn})
+		s.out = wire.AppendHeader(s.out, 'P', len(info.parse))
+		s.out = append(s.out, info.parse...)
+	}
+	s.inflight++
+	s.mu.Unlock()
+	return s.send(b)
+}
+
+var (
+	parseComplete = []byte{'1', 0, 0, 0, 4}
+	closeComplete = []byte{'3', 0, 0, 0, 4}
+)
+
+// resolveStmtLocked rewrites a statement reference for b, injecting a Parse
+// if b lacks it, and appends the message with the reference renamed:
+// prefix + name + NUL + suffix.
+func (s *session) resolveStmtLocked(b *backend, typ byte, prefix, name, suffix []byte) *stmtInfo {
+	var info *stmtInfo
+	if len(name) == 0 {
+		s.ensureUnnamedLocked(b)
+		info = s.unnamed
+	} else if info = s.stmts[string(name)]; info != nil {
+		s.ensureStmtLocked(b, info)
+		name = []byte(info.name)
+	}
+	s.out = wire.AppendHeader(s.out, typ, len(prefix)+len(name)+1+len(suffix))
+	s.out = append(s.out, prefix...)
+	s.out = append(s.out, name...)
+	s.out = append(s.out, 0)
+	s.out = append(s.out, suffix...)
+	return info
+}
+
+func (s *session) handleBind(body []byte) error {
+	if s.skippingNow() {
+		return s.forwardRaw('B', body)
+	}
+	portal, rest, ok := wire.CString(body)
+	if !ok {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Bind message")
+	}
+	stmt, rest, ok := wire.CString(rest)
+	if !ok {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Bind message")
+	}
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, false)
+	}
+	s.out = s.out[:0]
+	prefix := body[:len(portal)+1]
+	info := s.resolveStmtLocked(b, 'B', prefix, stmt, rest)
+	s.pushLocked(op{kind: opBind})
+	s.lastBound = info
+	s.inflight++
+	s.mu.Unlock()
+	return s.send(b)
+}
+
+func (s *session) handleDescribe(body []byte) error {
+	if s.skippingNow() {
+		return s.forwardRaw('D', body)
+	}
+	if len(body) < 2 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Describe message")
+	}
+	name, rest, ok := wire.CString(body[1:])
+	if !ok || len(rest) != 0 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Describe message")
+	}
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, false)
+	}
+	s.out = s.out[:0]
+	if body[0] == 'S' {
+		s.resolveStmtLocked(b, 'D', body[:1], name, nil)
+	} else {
+		s.out = wire.AppendHeader(s.out, 'D', len(body))
+		s.out = append(s.out, body...)
+	}
+	s.pushLocked(op{kind: opDescribe})
+	s.inflight++
+	s.mu.Unlock()
+	return s.send(b)
+}
+
+func (s *session) handleExecute(body []byte) error {
+	if s.skippingNow() {
+		return s.forwardRaw('E', body)
+	}
+	o := op{kind: opExecute}
+	if s.lastBound != nil {
+		o.sets = effects(&s.lastBound.decision)
+	}
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, false)
+	}
+	s.pushLocked(o)
+	s.inflight++
+	s.mu.Unlock()
+	s.out = wire.AppendHeader(s.out[:0], 'E', len(body))
+	s.out = append(s.out, body...)
+	return s.send(b)
+}
+
+func (s *session) handleClose(body []byte) error {
+	if s.skippingNow() {
+		return s.forwardRaw('C', body)
+	}
+	if len(body) < 2 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Close message")
+	}
+	name, rest, ok := wire.CString(body[1:])
+	if !ok || len(rest) != 0 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Close message")
+	}
+	if body[0] == 'S' && len(name) > 0 {
+		// The server keeps the statement for whoever needs it next; the
+		// client's name is gone.
+		delete(s.stmts, string(name))
+		s.mu.Lock()
+		s.pushLocked(op{kind: opSynth, msg: closeComplete})
+		s.mu.Unlock()
+		return nil
+	}
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, false)
+	}
+	if body[0] == 'S' {
+		s.unnamed = nil
+		if b.unnamedBy == s {
+			b.unnamedBy = nil
+		}
+	}
+	s.pushLocked(op{kind: opClose})
+	s.inflight++
+	s.mu.Unlock()
+	s.out = wire.AppendHeader(s.out[:0], 'C', len(body))
+	s.out = append(s.out, body...)
+	return s.send(b)
+}
+
+// handleQuery forwards a simple Query, classifying it for pins and
+// session settings.
+func (s *session) handleQuery(body []byte) error {
+	if len(body) == 0 || body[len(body)-1] != 0 {
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Query message")
+	}
+	d := s.srv.classify(string(body[:len(body)-1]))
+	if d.Pin != routing.PinNone {
+		s.pin(d.Pin)
+	}
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, true)
+	}
+	b.unnamedBy = nil // a simple query replaces the unnamed statement
+	s.pushLocked(op{kind: opQuery, sets: effects(&d)})
+	s.inflight++
+	s.mu.Unlock()
+	s.out = wire.AppendHeader(s.out[:0], 'Q', len(body))
+	s.out = append(s.out, body...)
+	s.cycle++
+	return s.send(b)
+}
+
+// pin binds the session to its server connection for good.
+func (s *session) pin(r routing.PinReason) {
+	s.mu.Lock()
+	first := s.pinned == routing.PinNone
+	if first {
+		s.pinned = r
+	}
+	s.mu.Unlock()
+	if first {
+		s.srv.m.pins.WithLabelValues(r.String()).Inc()
+	}
+}

@@ -1,0 +1,289 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/proxy/pgerr"
+)
+
+// poolKey identifies a pool: one per (database, user, node).
+type poolKey struct {
+	database, user, addr string
+}
+
+// pool lends backend connections to one (database, user, node). Waiters are
+// served first come, first served: a released connection goes straight to
+// the oldest waiter. Safe for concurrent use.
+type pool struct {
+	key      poolKey
+	password string
+	cfg      *config.Config
+	log      *slog.Logger
+	m        *metrics
+
+	mu      sync.Mutex
+	idle    []*backend // LIFO: the most recently used is reused first
+	total   int        // open + opening connections
+	active  int        // lent to sessions
+	waiters []*waiter  // FIFO
+	closed  bool
+
+	// startupParams caches the parameters a fresh server connection
+	// reports, for logins that need no settings.
+	paramsOnce sync.Once
+
+	stop chan struct{}
+}
+
+// waiter is a client waiting for a connection. It receives either a backend
+// or, with b == nil, the right to open a new connection itself.
+type waiter struct {
+	ch chan grant
+}
+
+type grant struct {
+	b   *backend
+	err error
+}
+
+func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger, m *metrics) *pool {
+	p := &pool{key: key, password: password, cfg: cfg, log: log, m: m, stop: make(chan struct{})}
+	go p.janitor()
+	return p
+}
+
+// acquire lends a backend, waiting at most pool.acquire_timeout. The error
+// names the setting when the wait times out.
+func (p *pool) acquire(ctx context.Context) (*backend, error) {
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		b, err := p.acquireOnce(ctx, start)
+		if err != nil {
+			return nil, err
+		}
+		// A connection idle for long may have died (server restart,
+		// pg_terminate_backend, network): prove it alive before use.
+		if p.cfg.Pool.CheckAfter > 0 && time.Since(b.lastUsed) > p.cfg.Pool.CheckAfter || b.r.Buffered() > 0 {
+			if err := b.check(); err != nil {
+				p.log.Debug("discarding dead server connection", "pool", p.key.addr, "err", err)
+				p.discard(b)
+				continue
+			}
+		}
+		p.m.acquireWait.Observe(time.Since(start).Seconds())
+		return b, nil
+	}
+}
+
+func (p *pool) acquireOnce(ctx context.Context, start time.Time) (*backend, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, pgerr.New(pgerr.AdminShutdown, "pgsluice is shutting down")
+	}
+	if n := len(p.idle); n > 0 {
+		b := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		p.active++
+		p.mu.Unlock()
+		return b, nil
+	}
+	if p.total < p.cfg.Pool.Size {
+		p.total++
+		p.active++
+		p.mu.Unlock()
+		return p.open(ctx)
+	}
+	w := &waiter{ch: make(chan grant, 1)}
+	p.waiters = append(p.waiters, w)
+	p.mu.Unlock()
+
+	remaining := p.cfg.Pool.AcquireTimeout - time.Since(start)
+	timer := time.NewTimer(remaining)
+	defer timer.Stop()
+	select {
+	case g := <-w.ch:
+		return p.takeGrant(ctx, g)
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	p.mu.Lock()
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			p.mu.Unlock()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			p.m.acquireTimeouts.Inc()
+			return nil, pgerr.Wrap(pgerr.ErrAcquireTimeout, pgerr.TooManyConnections,
+				"pgsluice: no server connection became free within pool.acquire_timeout (%s); pool.size is %d for database %q user %q",
+				p.cfg.Pool.AcquireTimeout, p.cfg.Pool.Size, p.key.database, p.key.user)
+		}
+	}
+	p.mu.Unlock()
+	// Granted concurrently with the timeout: take it.
+	return p.takeGrant(ctx, <-w.ch)
+}
+
+func (p *pool) takeGrant(ctx context.Context, g grant) (*backend, error) {
+	if g.err != nil {
+		return nil, g.err
+	}
+	if g.b != nil {
+		return g.b, nil
+	}
+	return p.open(ctx)
+}
+
+// open dials a new connection for a slot already counted in total/active.
+func (p *pool) open(ctx context.Context) (*backend, error) {
+	b, err := dialBackend(ctx, p)
+	if err != nil {
+		p.mu.Lock()
+		p.total--
+		p.active--
+		p.handOffSlotLocked()
+		p.mu.Unlock()
+		p.m.connectErrors.Inc()
+		return nil, err
+	}
+	p.m.serverConnects.Inc()
+	return b, nil
+}
+
+// release returns a lent backend. Broken, too old or closed-pool backends are
+// closed instead and their slot handed on.
+func (p *pool) release(b *backend) {
+	b.lastUsed = time.Now()
+	tooOld := p.cfg.Pool.MaxLifetime > 0 && time.Since(b.created) > p.cfg.Pool.MaxLifetime
+	p.mu.Lock()
+	p.active--
+	if b.broken || tooOld || p.closed {
+		p.total--
+		p.handOffSlotLocked()
+		p.mu.Unlock()
+		b.close()
+		return
+	}
+	if len(p.waiters) > 0 {
+		w := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		p.active++
+		p.mu.Unlock()
+		w.ch <- grant{b: b}
+		return
+	}
+	p.idle = append(p.idle, b)
+	p.mu.Unlock()
+}
+
+// discard closes a lent backend that must not be reused.
+func (p *pool) discard(b *backend) {
+	b.broken = true
+	p.release(b)
+}
+
+// handOffSlotLocked gives a freed slot to the oldest waiter, who will dial.
+func (p *pool) handOffSlotLocked() {
+	if len(p.waiters) == 0 || p.closed {
+		return
+	}
+	w := p.waiters[0]
+	p.waiters = p.waiters[1:]
+	p.total++
+	p.active++
+	w.ch <- grant{}
+}
+
+// janitor closes connections idle longer than pool.idle_timeout or older
+// than pool.max_lifetime and keeps pool.min_idle connections open.
+func (p *pool) janitor() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		var doomed []*backend
+		p.mu.Lock()
+		keep := p.idle[:0]
+		for i, b := range p.idle {
+			idleTooLong := p.cfg.Pool.IdleTimeout > 0 && now.Sub(b.lastUsed) > p.cfg.Pool.IdleTimeout && len(p.idle)-i > p.cfg.Pool.MinIdle
+			tooOld := p.cfg.Pool.MaxLifetime > 0 && now.Sub(b.created) > p.cfg.Pool.MaxLifetime
+			if idleTooLong || tooOld {
+				doomed = append(doomed, b)
+				p.total--
+				continue
+			}
+			keep = append(keep, b)
+		}
+		p.idle = keep
+		need := 0
+		if p.cfg.Pool.MinIdle > len(p.idle) && !p.closed {
+			need = min(p.cfg.Pool.MinIdle-len(p.idle), p.cfg.Pool.Size-p.total)
+			p.total += need
+		}
+		p.mu.Unlock()
+		for _, b := range doomed {
+			b.close()
+		}
+		for i := 0; i < need; i++ {
+			b, err := dialBackend(context.Background(), p)
+			p.mu.Lock()
+			if err != nil {
+				p.total--
+				p.mu.Unlock()
+				p.log.Warn("cannot open min_idle server connection", "addr", p.key.addr, "err", err)
+				continue
+			}
+			p.active++
+			p.mu.Unlock()
+			p.release(b)
+		}
+	}
+}
+
+// stats returns a snapshot for metrics and the admin console.
+func (p *pool) stats() (active, idle, waiting, total int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.active, len(p.idle), len(p.waiters), p.total
+}
+
+// close closes idle connections, fails waiters and stops the janitor.
+// Lent connections are closed as they come back.
+func (p *pool) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.total -= len(idle)
+	waiters := p.waiters
+	p.waiters = nil
+	p.mu.Unlock()
+	close(p.stop)
+	for _, b := range idle {
+		b.close()
+	}
+	for _, w := range waiters {
+		w.ch <- grant{err: pgerr.New(pgerr.AdminShutdown, "pgsluice is shutting down")}
+	}
+}
+
+var errPoolClosed = errors.New("pool closed")
+
+func (k poolKey) String() string { return fmt.Sprintf("%s/%s@%s", k.database, k.user, k.addr) }

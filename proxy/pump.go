@@ -1,0 +1,309 @@
+package proxy
+
+import (
+	"github.com/pgsluice/pgsluice/proxy/pgerr"
+	"github.com/pgsluice/pgsluice/proxy/wire"
+)
+
+// maxServerMessage bounds what we accept from a server (PostgreSQL never
+// sends more than 1 GiB in one message).
+const maxServerMessage = 1<<30 + 1024
+
+// pump forwards server messages to the client while b is attached to s,
+// matching them to the in-flight ops, and gives b back to the pool at a
+// safe point. It exits when b is released or the session ends.
+func (s *session) pump(b *backend, done chan struct{}) {
+	defer close(done)
+	for {
+		// Block for data without holding the lock.
+		if _, err := b.r.Peek(1); err != nil {
+			s.pumpFailed(b, err)
+			return
+		}
+		s.mu.Lock()
+		if s.b != b {
+			s.mu.Unlock()
+			return
+		}
+		for b.r.Buffered() > 0 {
+			if err := s.serverMessageLocked(b); err != nil {
+				s.mu.Unlock()
+				s.pumpFailed(b, err)
+				return
+			}
+			if s.b != b {
+				// Released at a safe point.
+				err := s.flushClientLocked()
+				s.mu.Unlock()
+				if err != nil {
+					s.conn.Close()
+				}
+				return
+			}
+		}
+		if err := s.flushClientLocked(); err != nil {
+			// The client is gone; the session goroutine notices and
+			// cleans up. Stop forwarding.
+			s.mu.Unlock()
+			s.conn.Close()
+			return
+		}
+		// The server is idle and the batch is answered, but the session
+		// goroutine is still writing: nothing more can come from the
+		// server, so wait for the write to end rather than read.
+		for s.b == b && s.ops.len() == 0 && s.txStatus == 'I' && s.inflight > 0 && s.state != stateClosed {
+			s.parked = true
+			s.mu.Unlock()
+			<-s.wake
+			s.mu.Lock()
+		}
+		if s.b != b {
+			s.mu.Unlock()
+			return
+		}
+		if s.state != stateClosed {
+			s.maybeReleaseLocked()
+		}
+		if s.b != b {
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// pumpFailed handles a read error on the server connection.
+func (s *session) pumpFailed(b *backend, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.b != b || s.state == stateClosed {
+		return // session cleanup woke us
+	}
+	// The server went away under the client (restart, pg_terminate_backend,
+	// network). Whatever was in flight is lost: tell the client and end the
+	// session, as PostgreSQL itself would.
+	b.broken = true
+	s.fatal = err
+	e := pgerr.Wrap(err, pgerr.ConnectionFailure, "server connection lost")
+	if pe := pgerr.ToError(err); pe.Code != pgerr.InternalError && pe.Code != pgerr.ConnectionFailure {
+		e = pe
+	}
+	e.Severity = "FATAL"
+	s.w.Write(pgerr.AppendResponse(nil, e))
+	s.w.Flush()
+	s.conn.Close()
+}
+
+// emitDueLocked emits synthetic responses at the head of the queue: every
+// op before them has completed, so they are next in the response stream.
+func (s *session) emitDueLocked() {
+	for {
+		o := s.ops.front()
+		if o == nil || o.kind != opSynth {
+			return
+		}
+		x := s.ops.pop()
+		if s.skipping && s.skipCycle == x.cycle && !isReady(x.msg) {
+			continue
+		}
+		s.w.Write(x.msg)
+		if x.synthErr {
+			s.startSkipLocked(x.cycle)
+		}
+		if isReady(x.msg) {
+			s.skipping = false
+		}
+	}
+}
+
+func isReady(msg []byte) bool { return len(msg) > 0 && msg[0] == 'Z' }
+
+// startSkipLocked enters PostgreSQL's "ignore until Sync" state after an
+// error in cycle c: queued ops of that cycle before its Sync will get no
+// response and are removed (forgetting statements whose Parse the server
+// will now ignore).
+func (s *session) startSkipLocked(c uint64) {
+	s.skipping = true
+	s.skipCycle = c
+	for i := 0; i < s.ops.len(); {
+		o := s.ops.at(i)
+		if o.cycle != c {
+			break
+		}
+		if o.kind == opSync || o.kind == opQuery || (o.kind == opSynth && isReady(o.msg)) {
+			break
+		}
+		x := s.ops.removeAt(i)
+		if (x.kind == opParse || x.kind == opParseDrop) && s.b != nil {
+			s.b.prepared.remove(x.stmt)
+		}
+	}
+}
+
+// serverMessageLocked handles one server message (mu held).
+func (s *session) serverMessageLocked(b *backend) error {
+	s.emitDueLocked()
+	typ, n, err := wire.PeekHeader(b.r, maxServerMessage)
+	if err != nil {
+		return err
+	}
+	head := s.ops.front()
+	drop := head != nil && head.kind.dropped()
+	switch typ {
+	case 'D', 'T', 'n', 't', '2', '1', '3', 'I', 's', 'N', 'G', 'H', 'W', 'd', 'c', 'V':
+		// Fast path: forward (or drop) the raw frame.
+		if drop && typ != 'N' || drop && head.kind == opSettings {
+			if err := wire.Skip(b.r, n); err != nil {
+				return err
+			}
+		} else if err := wire.Forward(s.w, b.r, n); err != nil {
+			return err
+		}
+		if head == nil {
+			return nil
+		}
+		switch typ {
+		case '1':
+			if head.kind == opParse || head.kind == opParseDrop {
+				s.ops.pop()
+			}
+		case '2':
+			if head.kind == opBind {
+				s.ops.pop()
+			}
+		case '3':
+			if head.kind == opClose || head.kind == opCloseDrop {
+				s.ops.pop()
+			}
+		case 'T', 'n':
+			if head.kind == opDescribe {
+				s.ops.pop()
+			}
+		case 'I', 's':
+			if head.kind == opExecute {
+				s.ops.pop()
+			}
+		}
+		s.emitDueLocked()
+		return nil
+	case 'C':
+		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		if err != nil {
+			return err
+		}
+		if head != nil && !drop {
+			s.txn.noteTag(body)
+		}
+		if !drop {
+			wire.WriteMessage(s.w, 'C', body)
+		}
+		if head != nil && head.kind == opExecute {
+			s.txn.add(head.sets)
+			s.ops.pop()
+			s.emitDueLocked()
+		}
+		return nil
+	case 'S':
+		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		if err != nil {
+			return err
+		}
+		b.noteParameterStatus(body)
+		if !drop {
+			wire.WriteMessage(s.w, 'S', body)
+		}
+		return nil
+	case 'A':
+		return wire.Forward(s.w, b.r, n)
+	case 'E':
+		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		if err != nil {
+			return err
+		}
+		if head != nil && head.kind == opSettings {
+			s.log.Warn("replaying session settings failed", "err", errorText(body))
+			b.settingsSig = "?"
+			return nil
+		}
+		wire.WriteMessage(s.w, 'E', body)
+		s.srv.m.errors.WithLabelValues(pgerr.Class(errorCode(body))).Inc()
+		s.txn.noteError()
+		if head == nil {
+			return nil
+		}
+		if !head.kind.endsWithReady() {
+			x := s.ops.pop()
+			if x.kind == opParse || x.kind == opParseDrop {
+				b.prepared.remove(x.stmt)
+			}
+			s.startSkipLocked(x.cycle)
+		}
+		return nil
+	case 'Z':
+		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		if err != nil {
+			return err
+		}
+		if len(body) != 1 {
+			return pgerr.New(pgerr.ProtocolViolation, "malformed ReadyForQuery from server")
+		}
+		status := body[0]
+		if head == nil || !head.kind.endsWithReady() {
+			// Out of step: never hand this connection to anyone else.
+			b.broken = true
+			s.log.Error("ReadyForQuery with no matching request", "head", head)
+		}
+		var x op
+		if head != nil {
+			x = s.ops.pop()
+		}
+		if x.kind == opQuery && !s.txn.cycleErr {
+			s.txn.add(x.sets)
+		}
+		if x.kind != opSettings {
+			wire.WriteMessage(s.w, 'Z', body)
+			s.txStatus = status
+			s.txn.ready(status, s.settings, b)
+		}
+		if x.kind == opSync || x.kind == opQuery {
+			s.skipping = false
+		}
+		s.emitDueLocked()
+		s.maybeReleaseLocked()
+		return nil
+	default:
+		return wire.Forward(s.w, b.r, n)
+	}
+}
+
+// errorCode extracts the SQLSTATE field of an ErrorResponse body.
+func errorCode(body []byte) string {
+	for len(body) > 1 {
+		f := body[0]
+		v, rest, ok := wire.CString(body[1:])
+		if !ok {
+			break
+		}
+		if f == 'C' {
+			return string(v)
+		}
+		body = rest
+	}
+	return ""
+}
+
+// errorText extracts the message field of an ErrorResponse body.
+func errorText(body []byte) string {
+	for len(body) > 1 {
+		f := body[0]
+		v, rest, ok := wire.CString(body[1:])
+		if !ok {
+			break
+		}
+		if f == 'M' {
+			return string(v)
+		}
+		body = rest
+	}
+	return ""
+}

@@ -1,0 +1,350 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/proxy/wire"
+	"github.com/pgsluice/pgsluice/routing"
+)
+
+// Options carries what the caller wires in: where metrics go and where logs
+// go. Zero values get private defaults, so tests can build many servers in
+// one process.
+type Options struct {
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
+	Logger     *slog.Logger
+}
+
+// Server is a running pgsluice proxy: the client listener, the pools and the
+// admin HTTP endpoint. Its methods are safe for concurrent use.
+type Server struct {
+	cfg        atomic.Pointer[config.Config]
+	log        *slog.Logger
+	m          *metrics
+	gatherer   prometheus.Gatherer
+	classifier *routing.Classifier
+	tlsConfig  *tls.Config
+	requireTLS bool
+
+	mu       sync.Mutex
+	pools    map[poolKey]*pool
+	sessions map[*session]struct{}
+	lns      []net.Listener
+	admin    *http.Server
+
+	clients  atomic.Int64
+	draining atomic.Bool
+	cancels  sync.Map // cancelKey -> *session
+	wg       sync.WaitGroup
+	done     chan struct{}
+}
+
+// New builds a Server from a validated config. It opens nothing; call
+// Serve (and ServeAdmin) to start.
+func New(cfg config.Config, opts Options) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	reg := opts.Registerer
+	gat := opts.Gatherer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, gat = r, r
+	}
+	if gat == nil {
+		if g, ok := reg.(prometheus.Gatherer); ok {
+			gat = g
+		}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		log:      log,
+		gatherer: gat,
+		pools:    map[poolKey]*pool{},
+		sessions: map[*session]struct{}{},
+		done:     make(chan struct{}),
+	}
+	s.cfg.Store(&cfg)
+	s.classifier = routing.New(routing.Options{CacheSize: cfg.Routing.ShapeCacheSize})
+	if cfg.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	m, err := newMetrics(reg, s)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	return s, nil
+}
+
+func (s *Server) cfgNow() *config.Config { return s.cfg.Load() }
+
+// ListenAndServe listens on cfg.Listen and serves until Shutdown.
+func (s *Server) ListenAndServe() error {
+	ln, err := net.Listen("tcp", s.cfgNow().Listen)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// Serve accepts clients on ln until Shutdown. It returns nil after a
+// Shutdown and the accept error otherwise.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.lns = append(s.lns, ln)
+	s.mu.Unlock()
+	var tempDelay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.draining.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporaryAccept(err) {
+				// EMFILE and friends: back off rather than spin.
+				if tempDelay == 0 {
+					tempDelay = 5 * time.Millisecond
+				} else if tempDelay *= 2; tempDelay > time.Second {
+					tempDelay = time.Second
+				}
+				s.log.Warn("accept failed; retrying", "err", err, "delay", tempDelay)
+				time.Sleep(tempDelay)
+				continue
+			}
+			return err
+		}
+		tempDelay = 0
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetNoDelay(true)
+			tc.SetKeepAlive(true)
+		}
+		sess := newSession(s, c)
+		s.mu.Lock()
+		s.sessions[sess] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			sess.run(context.Background())
+		}()
+	}
+}
+
+// isTemporaryAccept reports accept errors worth retrying (out of file
+// descriptors, aborted connections).
+func isTemporaryAccept(err error) bool {
+	var se interface{ Temporary() bool }
+	return errors.As(err, &se) && se.Temporary()
+}
+
+// admitClient counts a logged-in client against pool.max_client_conn.
+func (s *Server) admitClient() bool {
+	n := s.clients.Add(1)
+	if n > int64(s.cfgNow().Pool.MaxClientConn) {
+		s.clients.Add(-1)
+		return false
+	}
+	s.m.clients.Inc()
+	return true
+}
+
+func (s *Server) sessionEnded(sess *session) {
+	if sess.admitted {
+		s.clients.Add(-1)
+		s.m.clients.Dec()
+	}
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+}
+
+// poolFor returns the pool of (database, user, node), creating it.
+func (s *Server) poolFor(database, user, password, addr string) *pool {
+	k := poolKey{database: database, user: user, addr: addr}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pools[k]
+	if p == nil {
+		p = newPool(k, password, s.cfgNow(), s.log, s.m)
+		s.pools[k] = p
+	}
+	return p
+}
+
+// classify classifies SQL text through the shared shape cache.
+func (s *Server) classify(sql string) routing.Decision {
+	return s.classifier.Classify(sql)
+}
+
+// registerCancel mints a unique cancel key for a session.
+func (s *Server) registerCancel(sess *session) cancelKey {
+	for {
+		k := newCancelKey()
+		if _, loaded := s.cancels.LoadOrStore(k, sess); !loaded {
+			return k
+		}
+	}
+}
+
+// cancel forwards a CancelRequest to the server connection currently
+// running the query of the client that owns key, and to nothing else.
+func (s *Server) cancel(key cancelKey) {
+	v, ok := s.cancels.Load(key)
+	if !ok {
+		return
+	}
+	sess := v.(*session)
+	// Hold the session's lock so that its server connection cannot be
+	// released to another client while the cancel is on its way.
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	b := sess.b
+	if b == nil || sess.ops.len() == 0 {
+		return
+	}
+	c, err := net.DialTimeout("tcp", b.pool.key.addr, 2*time.Second)
+	if err != nil {
+		s.log.Warn("cannot forward cancel request", "err", err)
+		return
+	}
+	defer c.Close()
+	var req [16]byte
+	binary.BigEndian.PutUint32(req[0:], 16)
+	binary.BigEndian.PutUint32(req[4:], wire.CancelRequestCode)
+	binary.BigEndian.PutUint32(req[8:], b.pid)
+	binary.BigEndian.PutUint32(req[12:], b.secret)
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write(req[:]); err == nil {
+		// PostgreSQL closes the connection when it has handled it.
+		var one [1]byte
+		c.Read(one[:])
+	}
+	s.m.cancels.Inc()
+}
+
+// ServeAdmin serves /healthz, /readyz and /metrics on ln until Shutdown.
+func (s *Server) ServeAdmin(ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.mu.Lock()
+	s.admin = srv
+	s.mu.Unlock()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting clients, closes idle clients with 57P01, lets
+// clients in the middle of a transaction finish until ctx ends, then closes
+// everything.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	admin := s.admin
+	sessions := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	if admin != nil {
+		admin.Close()
+	}
+	// Idle clients are told and closed now; busy ones when their
+	// transaction ends (the session loop checks draining at safe points).
+	for _, sess := range sessions {
+		sess.mu.Lock()
+		idle := sess.b == nil && sess.state >= stateIdle
+		sess.mu.Unlock()
+		if idle {
+			sess.conn.SetReadDeadline(time.Now())
+		}
+	}
+	finished := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			s.mu.Lock()
+			n := len(s.sessions)
+			var idle []*session
+			for sess := range s.sessions {
+				sess.mu.Lock()
+				if sess.b == nil {
+					idle = append(idle, sess)
+				}
+				sess.mu.Unlock()
+			}
+			s.mu.Unlock()
+			if n == 0 {
+				close(finished)
+				return
+			}
+			for _, sess := range idle {
+				sess.conn.SetReadDeadline(time.Now())
+			}
+			<-tick.C
+		}
+	}()
+	var err error
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for sess := range s.sessions {
+			sess.conn.Close()
+		}
+		s.mu.Unlock()
+	}
+	s.wg.Wait()
+	s.mu.Lock()
+	for _, p := range s.pools {
+		p.close()
+	}
+	s.mu.Unlock()
+	return err
+}

@@ -1,0 +1,501 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/proxy/pgerr"
+	"github.com/pgsluice/pgsluice/proxy/wire"
+	"github.com/pgsluice/pgsluice/routing"
+)
+
+// sessState names the states of a client session.
+type sessState uint8
+
+const (
+	stateStartup sessState = iota // reading the startup packet, TLS
+	stateAuth                     // authenticating the client
+	stateIdle                     // logged in, no server connection attached
+	stateBusy                     // a server connection is attached (transaction, batch, COPY, pin)
+	stateClosed
+)
+
+var stateNames = [...]string{"startup", "auth", "idle", "busy", "closed"}
+
+func (s sessState) String() string { return stateNames[s] }
+
+// session is one client connection. Two goroutines work on it: the session
+// goroutine (run) reads the client and writes to the attached server; the
+// pump goroutine (one per attachment) reads the server and writes to the
+// client. mu guards every field marked (mu); the rest belong to the session
+// goroutine alone.
+type session struct {
+	srv  *Server
+	cfg  *config.Config
+	log  *slog.Logger
+	conn net.Conn
+	r    *bufio.Reader // client reader: session goroutine only
+
+	user, database string
+	admitted       bool // counted against pool.max_client_conn
+	pool           *pool
+	settings       *settings // session goroutine writes under mu; pump reads under mu
+	key            cancelKey
+
+	mu       sync.Mutex
+	w        *bufio.Writer // client writer (mu)
+	state    sessState     // (mu)
+	b        *backend      // attached server connection (mu)
+	ops      opQueue       // in-flight ops (mu)
+	inflight int           // session goroutine is writing to b outside mu (mu)
+	txStatus byte          // last ReadyForQuery status seen by the client (mu)
+	pinned   routing.PinReason
+	// skipCycle is the Sync cycle in which the server (or the proxy)
+	// reported an error; messages of that cycle are ignored until Sync,
+	// as PostgreSQL does. (mu)
+	skipping  bool
+	skipCycle uint64
+	// cycle is the Sync cycle of the next message sent (session goroutine;
+	// read by the pump only through ops).
+	cycle uint64
+	// localSkip: the proxy itself failed a message of the current cycle;
+	// discard client messages until Sync.
+	localSkip bool
+	// dirty is the backend whose writer holds unflushed client bytes.
+	dirty *backend
+	// pumpDone is closed when the current pump exits.
+	pumpDone chan struct{}
+	// parked: the pump waits on wake for an in-flight write to finish
+	// before it can decide whether to release. (mu)
+	parked bool
+	wake   chan struct{}
+	// txn tracks pending SETs and the last command tag (mu).
+	txn txnTracker
+	// fatal is set when the session must end (server lost, shutdown). (mu)
+	fatal error
+
+	stmts      map[string]*stmtInfo // client statement name -> statement
+	unnamed    *stmtInfo
+	unnamedGen uint64
+	lastBound  *stmtInfo
+	scratch    []byte
+	out        []byte // scratch for rewritten messages
+}
+
+// run serves the client until it leaves. It owns conn.
+func (s *session) run(ctx context.Context) {
+	defer s.cleanup()
+	if err := s.startup(ctx); err != nil {
+		s.log.Debug("client login failed", "err", err)
+		return
+	}
+	s.loop()
+}
+
+// setState records a state transition (mu held).
+func (s *session) setStateLocked(st sessState) {
+	if s.state != st {
+		if s.log.Enabled(context.Background(), slog.LevelDebug) {
+			s.log.Debug("session state", "from", s.state.String(), "to", st.String())
+		}
+		s.state = st
+	}
+}
+
+// loop reads client messages until Terminate, EOF or a fatal error.
+func (s *session) loop() {
+	max := int(s.cfg.MaxMessageSize)
+	for {
+		if s.r.Buffered() == 0 {
+			if err := s.flushServer(); err != nil {
+				s.serverWriteFailed(err)
+				return
+			}
+			if s.srv.draining.Load() && s.idle() {
+				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+				return
+			}
+		}
+		typ, n, err := wire.PeekHeader(s.r, max)
+		if err != nil {
+			switch {
+			case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
+				s.sendFatal(err)
+			case s.srv.draining.Load():
+				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+			}
+			return
+		}
+		if f := s.fatalErr(); f != nil {
+			return
+		}
+		if typ == 'X' {
+			return
+		}
+		body, err := wire.ReadBody(s.r, n, &s.scratch)
+		if err != nil {
+			return
+		}
+		if err := s.handle(typ, body); err != nil {
+			if !isNetErr(err) {
+				s.sendFatal(err)
+			}
+			return
+		}
+	}
+}
+
+// handle processes one client message. An error ends the session.
+func (s *session) handle(typ byte, body []byte) error {
+	if s.localSkip {
+		switch typ {
+		case 'S':
+			s.localSkip = false
+		case 'Q':
+			s.localSkip = false
+		default:
+			return nil
+		}
+	}
+	switch typ {
+	case 'Q':
+		return s.handleQuery(body)
+	case 'P':
+		return s.handleParse(body)
+	case 'B':
+		return s.handleBind(body)
+	case 'D':
+		return s.handleDescribe(body)
+	case 'E':
+		return s.handleExecute(body)
+	case 'C':
+		return s.handleClose(body)
+	case 'S':
+		return s.handleSync()
+	case 'H':
+		return s.handleFlush()
+	case 'F':
+		return s.forwardWithOp(typ, body, op{kind: opFunc}, true)
+	case 'd', 'c', 'f':
+		return s.handleCopy(typ, body)
+	default:
+		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid frontend message type %d", typ)
+	}
+}
+
+// attach makes sure a server connection is attached, acquiring one from the
+// pool if needed and replaying the session's settings onto it. Called by
+// the session goroutine without mu held.
+func (s *session) attach() error {
+	s.mu.Lock()
+	if s.b != nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.AcquireTimeout+s.cfg.Pool.ConnectTimeout)
+	b, err := s.pool.acquire(ctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.b = b
+	s.setStateLocked(stateBusy)
+	done := make(chan struct{})
+	s.pumpDone = done
+	if b.settingsSig != s.settings.sig {
+		sql := s.settings.replaySQL(b.settingsSig != "")
+		s.ops.push(op{kind: opSettings, cycle: s.cycle})
+		b.settingsSig = s.settings.sig
+		b.unnamedBy = nil
+		s.mu.Unlock()
+		if err := wire.WriteMessage(b.w, 'Q', append([]byte(sql), 0)); err != nil {
+			return err
+		}
+		s.dirty = b
+	} else {
+		s.mu.Unlock()
+	}
+	go s.pump(b, done)
+	return nil
+}
+
+// end finishes a write started under inflight++. Only the pump releases a
+// server connection (it is the one reading it); if it parked waiting for
+// this write to finish, wake it.
+func (s *session) end() {
+	s.mu.Lock()
+	s.inflight--
+	s.wakePumpLocked()
+	s.mu.Unlock()
+}
+
+// wakePumpLocked wakes a parked pump.
+func (s *session) wakePumpLocked() {
+	if s.parked {
+		s.parked = false
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// pushLocked queues an op and emits synthetic responses that are due.
+func (s *session) pushLocked(o op) {
+	o.cycle = s.cycle
+	s.ops.push(o)
+	s.wakePumpLocked()
+	if o.kind == opSynth {
+		s.emitDueLocked()
+	}
+}
+
+// forwardWithOp sends the message unchanged, queueing o; endsCycle marks
+// Sync-like messages that start a new cycle.
+func (s *session) forwardWithOp(typ byte, body []byte, o op, endsCycle bool) error {
+	b, err := s.lockAttached()
+	if err != nil {
+		return s.localError(err, endsCycle)
+	}
+	s.pushLocked(o)
+	s.inflight++
+	s.mu.Unlock()
+	if endsCycle {
+		s.cycle++
+	}
+	s.out = wire.AppendHeader(s.out[:0], typ, len(body))
+	s.out = append(s.out, body...)
+	return s.send(b)
+}
+
+// localError reports an error the proxy itself produced in answer to a
+// client message, keeping the protocol in step: after a simple Query it is
+// followed by ReadyForQuery; in an extended batch the rest of the batch up
+// to Sync is discarded, as PostgreSQL does. Errors that leave the session
+// unusable are returned to end it.
+func (s *session) localError(err error, atSync bool) error {
+	if isNetErr(err) && !errors.Is(err, pgerr.ErrBackendUnavailable) {
+		return err
+	}
+	e := pgerr.ToError(err)
+	if e.Severity == "FATAL" || e.Severity == "PANIC" {
+		return e
+	}
+	s.srv.m.errors.WithLabelValues(pgerr.Class(e.Code)).Inc()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pushLocked(op{kind: opSynth, msg: pgerr.AppendResponse(nil, e), synthErr: true})
+	if atSync {
+		st := s.txStatus
+		if s.b == nil {
+			st = 'I'
+		}
+		s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, st}})
+		s.cycle++
+	} else {
+		s.localSkip = true
+	}
+	return s.flushClientLocked()
+}
+
+// handleSync forwards Sync, or answers it locally when nothing is attached.
+func (s *session) handleSync() error {
+	s.mu.Lock()
+	attached := s.b != nil
+	if !attached {
+		st := s.txStatus
+		s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, st}})
+		s.cycle++
+		s.skipping = false
+		err := s.flushClientLocked()
+		s.mu.Unlock()
+		return err
+	}
+	s.mu.Unlock()
+	return s.forwardWithOp('S', nil, op{kind: opSync}, true)
+}
+
+// handleFlush forwards Flush when something is outstanding on the server
+// and flushes the client otherwise.
+func (s *session) handleFlush() error {
+	s.mu.Lock()
+	b := s.b
+	if b == nil || s.ops.len() == 0 {
+		s.emitDueLocked()
+		err := s.flushClientLocked()
+		s.mu.Unlock()
+		return err
+	}
+	s.inflight++
+	s.mu.Unlock()
+	err := wire.WriteMessage(b.w, 'H', nil)
+	if err == nil {
+		err = b.w.Flush()
+	}
+	if s.dirty == b {
+		s.dirty = nil
+	}
+	s.end()
+	return err
+}
+
+// handleCopy forwards CopyData/CopyDone/CopyFail during COPY FROM STDIN.
+// Outside COPY PostgreSQL ignores them, and so do we.
+func (s *session) handleCopy(typ byte, body []byte) error {
+	s.mu.Lock()
+	b := s.b
+	if b == nil || s.ops.len() == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	s.inflight++
+	s.mu.Unlock()
+	s.out = wire.AppendHeader(s.out[:0], typ, len(body))
+	s.out = append(s.out, body...)
+	return s.send(b)
+}
+
+// flushServer flushes client bytes buffered for the server.
+func (s *session) flushServer() error {
+	if s.dirty == nil {
+		return nil
+	}
+	b := s.dirty
+	s.mu.Lock()
+	s.inflight++
+	s.mu.Unlock()
+	err := b.w.Flush()
+	s.dirty = nil
+	s.end()
+	return err
+}
+
+// idle reports whether no server connection is attached.
+func (s *session) idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b == nil
+}
+
+func (s *session) fatalErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fatal
+}
+
+// maybeReleaseLocked returns the attached server connection to the pool at
+// a safe point: see safeToRelease.
+func (s *session) maybeReleaseLocked() {
+	if s.b == nil || !s.safeToReleaseLocked() {
+		return
+	}
+	b := s.b
+	s.b = nil
+	s.setStateLocked(stateIdle)
+	s.pool.release(b)
+}
+
+// safeToReleaseLocked is the one rule for giving a server connection back
+// in transaction mode: the server said ReadyForQuery 'I', nothing of the
+// client's is in flight or buffered, no COPY is running, and the session is
+// not pinned to its server connection.
+func (s *session) safeToReleaseLocked() bool {
+	return s.cfg.Pool.Mode == config.ModeTransaction &&
+		s.pinned == routing.PinNone &&
+		s.txStatus == 'I' &&
+		s.ops.len() == 0 &&
+		s.inflight == 0 &&
+		s.fatal == nil
+}
+
+// flushClientLocked flushes the client writer (mu held).
+func (s *session) flushClientLocked() error {
+	if s.w.Buffered() == 0 {
+		return nil
+	}
+	return s.w.Flush()
+}
+
+// sendFatal writes a FATAL ErrorResponse to the client.
+func (s *session) sendFatal(err error) {
+	e := pgerr.ToError(err)
+	e.Severity = "FATAL"
+	s.srv.m.errors.WithLabelValues(pgerr.Class(e.Code)).Inc()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	s.w.Write(pgerr.AppendResponse(nil, e))
+	s.w.Flush()
+}
+
+// serverWriteFailed ends the session after the server connection broke
+// while we were writing to it.
+func (s *session) serverWriteFailed(err error) {
+	s.sendFatal(pgerr.Wrap(err, pgerr.ConnectionFailure, "server connection lost"))
+}
+
+// cleanup runs when the session goroutine exits: the client is gone. An
+// attached server connection in a clean state goes back to the pool; one
+// in a transaction, COPY or with anything in flight is closed, so that
+// PostgreSQL rolls back whatever the client left half-done.
+func (s *session) cleanup() {
+	s.conn.Close()
+	s.mu.Lock()
+	s.setStateLocked(stateClosed)
+	b := s.b
+	s.b = nil
+	clean := b != nil && s.txStatus == 'I' && s.ops.len() == 0 && s.inflight == 0 && s.fatal == nil && s.pinned == routing.PinNone
+	if b != nil {
+		if !clean {
+			b.broken = true
+		}
+		// Unblock the pump: it exits once it sees s.b != its backend.
+		b.conn.SetReadDeadline(time.Now())
+		s.parked = true
+		s.wakePumpLocked()
+	}
+	done := s.pumpDone
+	s.mu.Unlock()
+	if b != nil {
+		if done != nil {
+			<-done
+		}
+		b.conn.SetReadDeadline(time.Time{})
+		if clean && s.cfg.Pool.Mode == config.ModeSession {
+			if err := b.exec("DISCARD ALL"); err != nil {
+				b.broken = true
+			}
+			b.settingsSig = ""
+			b.prepared.reset()
+			b.unnamedBy = nil
+		}
+		if b.unnamedBy == s {
+			b.unnamedBy = nil
+		}
+		s.pool.release(b)
+	}
+	if s.key != (cancelKey{}) {
+		s.srv.cancels.Delete(s.key)
+	}
+	s.srv.sessionEnded(s)
+}
+
+func isNetErr(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+}
+
+var errReleased = fmt.Errorf("server connection released")

@@ -1,0 +1,238 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/proxy/auth"
+	"github.com/pgsluice/pgsluice/proxy/pgerr"
+	"github.com/pgsluice/pgsluice/proxy/wire"
+)
+
+// startup runs the startup and authentication phases: SSL/GSS negotiation,
+// the StartupMessage, CancelRequest, client authentication, then a first
+// server connection to check the database and user and to learn the
+// parameters the client must be told. On success the client has received
+// AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery.
+func (s *session) startup(ctx context.Context) error {
+	deadline := time.Now().Add(s.cfg.Pool.ClientLoginTimeout)
+	s.conn.SetDeadline(deadline)
+	var st wire.Startup
+	tlsDone := false
+	for {
+		var err error
+		st, err = wire.ReadStartup(s.conn, 0)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !isNetErr(err) {
+				s.sendFatal(err)
+			}
+			return err
+		}
+		switch st.Kind {
+		case wire.SSLRequest:
+			if tlsDone {
+				err := pgerr.Fatal(pgerr.ProtocolViolation, "SSL negotiation already done")
+				s.sendFatal(err)
+				return err
+			}
+			if s.srv.tlsConfig == nil {
+				if _, err := s.conn.Write([]byte{'N'}); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := s.conn.Write([]byte{'S'}); err != nil {
+				return err
+			}
+			tc := tlsServer(s.conn, s.srv.tlsConfig)
+			if err := tc.Handshake(); err != nil {
+				return err
+			}
+			s.conn = tc
+			s.w.Reset(tc)
+			s.r.Reset(tc)
+			tlsDone = true
+			continue
+		case wire.GSSENCRequest:
+			if _, err := s.conn.Write([]byte{'N'}); err != nil {
+				return err
+			}
+			continue
+		case wire.CancelRequest:
+			s.srv.cancel(cancelKey{st.ProcessID, st.SecretKey})
+			return errors.New("cancel request served")
+		}
+		break
+	}
+	s.mu.Lock()
+	s.setStateLocked(stateAuth)
+	s.mu.Unlock()
+	if s.srv.requireTLS && !tlsDone {
+		err := pgerr.Fatal(pgerr.InvalidAuthorizationSpecification, "pgsluice requires SSL/TLS connections")
+		s.sendFatal(err)
+		return err
+	}
+	if st.NeedsNegotiation() {
+		s.w.Write(encode(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: wire.ServerMinorVersion, UnrecognizedOptions: st.UnsupportedOptions}))
+	}
+	if _, ok := st.Params["replication"]; ok && st.Params["replication"] != "false" && st.Params["replication"] != "0" && st.Params["replication"] != "off" && st.Params["replication"] != "no" {
+		err := pgerr.Fatal(pgerr.FeatureNotSupported, "pgsluice does not proxy replication connections")
+		s.sendFatal(err)
+		return err
+	}
+	s.user, s.database = st.User(), st.Database()
+	if !s.srv.admitClient() {
+		err := pgerr.Fatal(pgerr.TooManyConnections, "sorry, too many clients already (pool.max_client_conn is %d)", s.cfg.Pool.MaxClientConn)
+		s.srv.m.rejected.Inc()
+		s.sendFatal(err)
+		return err
+	}
+	s.admitted = true
+	settings, err := newSettings(st.Params)
+	if err != nil {
+		s.sendFatal(pgerr.Wrap(err, pgerr.ProtocolViolation, "invalid options in startup packet"))
+		return err
+	}
+	s.settings = settings
+
+	// Authenticate the client against auth.users (or admit it: trust).
+	lookup := func(user string) (string, bool) { return s.cfg.UserPassword(user) }
+	if err := s.w.Flush(); err != nil {
+		return err
+	}
+	be := pgproto3.NewBackend(s.conn, s.conn)
+	actx, cancel := context.WithDeadline(ctx, deadline)
+	err = auth.AuthenticateClient(actx, be, auth.Method(s.cfg.Auth.Method), s.user, lookup)
+	cancel()
+	if err != nil {
+		s.srv.m.authFailures.Inc()
+		if !isNetErr(err) {
+			s.sendFatal(err)
+		}
+		return err
+	}
+	password, _ := s.cfg.UserPassword(s.user)
+	s.pool = s.srv.poolFor(s.database, s.user, password, s.cfg.Primary.Addr())
+
+	// A first server connection proves the database and user exist (its
+	// refusal reaches the client verbatim) and tells us the parameters to
+	// report, with the client's own settings applied.
+	params, err := s.loginParams(deadline)
+	if err != nil {
+		if !isNetErr(err) || errors.Is(err, pgerr.ErrBackendUnavailable) {
+			s.sendFatal(err)
+		}
+		return err
+	}
+	s.key = s.srv.registerCancel(s)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, name := range sortedKeys(params) {
+		s.w.Write(encode(&pgproto3.ParameterStatus{Name: name, Value: params[name]}))
+	}
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], s.key.secret)
+	s.w.Write(encode(&pgproto3.BackendKeyData{ProcessID: s.key.pid, SecretKey: secret[:]}))
+	s.w.Write([]byte{'Z', 0, 0, 0, 5, 'I'})
+	s.txStatus = 'I'
+	if s.b == nil {
+		s.setStateLocked(stateIdle)
+	}
+	s.conn.SetDeadline(time.Time{})
+	return s.w.Flush()
+}
+
+// loginParams borrows a server connection, brings it to the client's
+// settings and returns the parameters it reports. In session mode the
+// connection stays attached.
+func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	b, err := s.pool.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if b.settingsSig != s.settings.sig {
+		sql := s.settings.replaySQL(b.settingsSig != "")
+		if err := b.exec(sql); err != nil {
+			b.settingsSig = "?"
+			s.pool.release(b)
+			var pe *pgerr.Error
+			if errors.As(err, &pe) && pe.Server != nil {
+				return nil, pe.AsFatal()
+			}
+			s.pool.discard(b)
+			return nil, err
+		}
+		b.settingsSig = s.settings.sig
+		b.unnamedBy = nil
+	}
+	params := make(map[string]string, len(b.params))
+	for k, v := range b.params {
+		params[k] = v
+	}
+	if s.cfg.Pool.Mode == config.ModeSession {
+		s.mu.Lock()
+		s.b = b
+		s.setStateLocked(stateBusy)
+		done := make(chan struct{})
+		s.pumpDone = done
+		s.mu.Unlock()
+		go s.pump(b, done)
+		return params, nil
+	}
+	s.pool.release(b)
+	return params, nil
+}
+
+// encode encodes a backend message; encoding our own well-formed messages
+// cannot fail.
+func encode(m pgproto3.BackendMessage) []byte {
+	out, _ := m.Encode(nil)
+	return out
+}
+
+// cancelKey is the BackendKeyData pgsluice mints for a client.
+type cancelKey struct{ pid, secret uint32 }
+
+func newCancelKey() cancelKey {
+	var b [8]byte
+	rand.Read(b[:])
+	return cancelKey{pid: binary.BigEndian.Uint32(b[:4]) & 0x7fffffff, secret: binary.BigEndian.Uint32(b[4:])}
+}
+
+func newSession(srv *Server, c net.Conn) *session {
+	s := &session{
+		srv:   srv,
+		cfg:   srv.cfgNow(),
+		log:   srv.log,
+		conn:  c,
+		r:     bufio.NewReaderSize(c, wire.BufferSize),
+		w:     bufio.NewWriterSize(c, wire.BufferSize),
+		stmts: map[string]*stmtInfo{},
+		wake:  make(chan struct{}, 1),
+	}
+	return s
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func tlsServer(c net.Conn, cfg *tls.Config) *tls.Conn { return tls.Server(c, cfg) }
