@@ -17,13 +17,15 @@ func rerender(sql string, spans []literalSpan) string {
 		b.WriteString(sql[last:sp.start])
 		switch sp.class {
 		case 's':
-			out := b.String()
-			if len(out) > 0 && out[len(out)-1] == '\'' {
-				b.WriteString("E'q'") // 'a'E'b' are two constants, 'a''b' one
-			} else if i%2 == 0 || len(out) > 0 && (isIdentCont(out[len(out)-1]) || out[len(out)-1] == '$') {
-				b.WriteString("'v''w'")
-			} else {
+			// keep the original's quoting style: it decides what may follow
+			// (continuation over a newline, identifier characters, U&)
+			switch sql[sp.start] {
+			case '$':
 				b.WriteString("$z$;x$z$")
+			case 'e', 'E':
+				b.WriteString("E'q\\''")
+			default:
+				b.WriteString("'v''w'")
 			}
 		case 'n':
 			b.WriteString("N'z'")

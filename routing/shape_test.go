@@ -232,3 +232,49 @@ func TestStringers(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentClassify exercises the cache from many goroutines while the
+// catalog is swapped (run with -race).
+func TestConcurrentClassify(t *testing.T) {
+	c := New(Options{CacheSize: 100})
+	texts := []string{
+		"SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+		"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 2",
+		"SET search_path TO app",
+		"BEGIN READ ONLY",
+		"SELECT f(1) FROM t",
+	}
+	done := make(chan struct{})
+	errs := make(chan string, 8)
+	for g := 0; g < 8; g++ {
+		go func(g int) {
+			defer func() { done <- struct{}{} }()
+			for i := 0; i < 2000; i++ {
+				sql := texts[(g+i)%len(texts)]
+				if i%7 == 0 {
+					sql = "SELECT c" + strings.Repeat("z", i%200) + " FROM t"
+				}
+				d := c.Classify(sql)
+				if strings.HasPrefix(sql, "UPDATE") && d.Target != TargetPrimary {
+					errs <- "write routed to replica"
+					return
+				}
+			}
+		}(g)
+	}
+	for i := 0; i < 20; i++ {
+		c.SetCatalog(StaticCatalog{"f": 'i'})
+		c.SetCatalog(nil)
+	}
+	for g := 0; g < 8; g++ {
+		<-done
+	}
+	select {
+	case e := <-errs:
+		t.Fatal(e)
+	default:
+	}
+	if h, m := c.Stats(); h+m != 8*2000 {
+		t.Fatalf("stats %d+%d", h, m)
+	}
+}
