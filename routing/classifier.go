@@ -2,6 +2,7 @@ package routing
 
 import (
 	"hash/maphash"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 )
@@ -34,10 +35,20 @@ type Classifier struct {
 	catalog atomic.Pointer[catalogBox]
 	seed    maphash.Seed
 	shards  [numShards]shard
+	hits    [hitStripes]paddedCounter // striped: one hot shape must not bounce a cache line
 	perCap  int
 	enabled bool
 	gen     atomic.Uint64 // bumped by SetCatalog: stale misses are not cached
 }
+
+const hitStripes = 16
+
+type paddedCounter struct {
+	n atomic.Uint64
+	_ [56]byte
+}
+
+type entryMap = map[string]*entry
 
 type catalogBox struct{ cat Catalog }
 
@@ -47,14 +58,16 @@ type entry struct {
 	ref atomic.Uint32 // CLOCK reference bit
 }
 
-// shard is one lock domain of the cache: a map for lookups and a CLOCK ring
-// for eviction. Hits take only the read lock.
+// shard is one part of the cache. Lookups read an immutable map snapshot
+// through an atomic pointer and write nothing shared (no lock, no counter on
+// the entry's line unless its CLOCK bit must be set), so hits scale across
+// cores. Writers (misses) hold mu, copy the map, and publish the copy; the
+// CLOCK ring chooses what to evict.
 type shard struct {
-	mu     sync.RWMutex
-	m      map[string]*entry
+	snap   atomic.Pointer[entryMap]
+	mu     sync.Mutex
 	ring   []*entry
 	hand   int
-	hits   atomic.Uint64
 	misses atomic.Uint64
 	_      [64]byte // keep shards' hot words on separate cache lines
 }
@@ -75,7 +88,8 @@ func New(opts Options) *Classifier {
 		c.enabled = true
 		c.perCap = (size + numShards - 1) / numShards
 		for i := range c.shards {
-			c.shards[i].m = make(map[string]*entry)
+			m := make(entryMap)
+			c.shards[i].snap.Store(&m)
 		}
 	}
 	return c
@@ -94,7 +108,8 @@ func (c *Classifier) SetCatalog(cat Catalog) {
 		s := &c.shards[i]
 		s.mu.Lock()
 		if c.enabled {
-			s.m = make(map[string]*entry)
+			m := make(entryMap)
+			s.snap.Store(&m)
 		}
 		s.ring = nil
 		s.hand = 0
@@ -104,8 +119,10 @@ func (c *Classifier) SetCatalog(cat Catalog) {
 
 // Stats returns the number of cache hits and misses since New.
 func (c *Classifier) Stats() (hits, misses uint64) {
+	for i := range c.hits {
+		hits += c.hits[i].n.Load()
+	}
 	for i := range c.shards {
-		hits += c.shards[i].hits.Load()
 		misses += c.shards[i].misses.Load()
 	}
 	return hits, misses
@@ -123,14 +140,11 @@ func (c *Classifier) Classify(sql string) Decision {
 		return c.compute(sql, info)
 	}
 	s := &c.shards[maphash.Bytes(c.seed, key)%numShards]
-	s.mu.RLock()
-	e := s.m[string(key)]
-	s.mu.RUnlock()
-	if e != nil {
+	if e := (*s.snap.Load())[string(key)]; e != nil {
 		if e.ref.Load() == 0 {
 			e.ref.Store(1)
 		}
-		s.hits.Add(1)
+		c.hits[rand.Uint32()%hitStripes].n.Add(1)
 		return e.d
 	}
 	s.misses.Add(1)
@@ -154,26 +168,31 @@ func (c *Classifier) insert(s *shard, key string, d Decision, gen uint64) {
 	if c.gen.Load() != gen {
 		return // the catalog changed while we parsed
 	}
-	if _, ok := s.m[key]; ok {
+	cur := *s.snap.Load()
+	if _, ok := cur[key]; ok {
 		return
 	}
 	e := &entry{key: key, d: d}
+	next := make(entryMap, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	next[key] = e
 	if len(s.ring) < c.perCap {
 		s.ring = append(s.ring, e)
-		s.m[key] = e
-		return
-	}
-	for {
-		old := s.ring[s.hand]
-		if old.ref.Load() != 0 {
-			old.ref.Store(0)
+	} else {
+		for {
+			old := s.ring[s.hand]
+			if old.ref.Load() != 0 {
+				old.ref.Store(0)
+				s.hand = (s.hand + 1) % len(s.ring)
+				continue
+			}
+			delete(next, old.key)
+			s.ring[s.hand] = e
 			s.hand = (s.hand + 1) % len(s.ring)
-			continue
+			break
 		}
-		delete(s.m, old.key)
-		s.ring[s.hand] = e
-		s.m[key] = e
-		s.hand = (s.hand + 1) % len(s.ring)
-		return
 	}
+	s.snap.Store(&next)
 }

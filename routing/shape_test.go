@@ -173,9 +173,10 @@ func TestCacheEvictionAndStats(t *testing.T) {
 	}
 	n := 0
 	for i := range c.shards {
-		n += len(c.shards[i].m)
-		if len(c.shards[i].m) != len(c.shards[i].ring) {
-			t.Fatalf("shard %d: map %d ring %d", i, len(c.shards[i].m), len(c.shards[i].ring))
+		m := *c.shards[i].snap.Load()
+		n += len(m)
+		if len(m) != len(c.shards[i].ring) {
+			t.Fatalf("shard %d: map %d ring %d", i, len(m), len(c.shards[i].ring))
 		}
 	}
 	if n > 64+numShards {
