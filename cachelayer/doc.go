@@ -99,14 +99,21 @@
 // new is cached. Invalidate still applies to the local memory tier, and the
 // generation keys it could not write are queued (bounded by
 // MaxPendingInvalidations, beyond which a global flush is queued) and written
-// before any other Redis operation of this instance once Redis answers.
+// before any other Redis operation of this instance once Redis answers, and
+// by a background prober every BreakerBackoff/2. Invalidate, FlushDB and
+// FlushAll always try Redis, even while the breaker is open: they carry
+// correctness, so a write pays up to Timeout during an outage where Redis
+// does not refuse connections quickly.
 //
 // The resulting bound during an outage: an instance may serve a result that
 // misses writes made through other instances for at most StaleBound after
-// it lost Redis, plus, after Redis returns, the time until the writing
-// instance's queued invalidation is written (its next Redis operation or its
-// prober tick, BreakerBackoff/2). A Redis that comes back empty invalidates
-// everything (random generations). Redis replication is asynchronous: a
+// it lost Redis. If Redis kept its data (a pause or a partition rather than
+// a restart), a write whose invalidation failed is also missed by other
+// instances from the moment Redis is reachable again until the writing
+// instance's queue is written (its next Redis operation or prober tick). A
+// Redis that comes back empty invalidates everything (random generations),
+// so a restart leaves no such window; TestCheckerTieredRedisKilled checks
+// that case with zero stale reads. Redis replication is asynchronous: a
 // sentinel or cluster failover can lose invalidations acknowledged by the old
 // master just before it failed; results cached before such a write may then
 // be served until their TTL. Use short TTLs where that matters.

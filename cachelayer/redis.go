@@ -248,7 +248,14 @@ func classify(parent context.Context, err error) (reason string, failure *bool) 
 // re-sending pending invalidations. It reports whether fn succeeded; on
 // failure it has counted a bypass for op.
 func (r *Redis) call(ctx context.Context, op string, fn func(ctx context.Context) error) bool {
-	if !r.br.allow() {
+	return r.callMode(ctx, op, false, fn)
+}
+
+// callMode is call; force skips the breaker's open state (invalidations
+// carry correctness, so they are always tried) while still reporting the
+// outcome to it.
+func (r *Redis) callMode(ctx context.Context, op string, force bool, fn func(ctx context.Context) error) bool {
+	if !force && !r.br.allow() {
 		r.m.bypass(op, reasonBreakerOpen)
 		return false
 	}
@@ -525,7 +532,7 @@ func (r *Redis) writeInval(ctx context.Context, slots []genSlot, all bool) error
 // invalidate writes slots (or a global flush), queueing them for re-sending
 // when Redis cannot be reached.
 func (r *Redis) invalidate(ctx context.Context, op string, slots []genSlot, all bool) {
-	ok := r.call(ctx, op, func(ctx context.Context) error { return r.writeInval(ctx, slots, all) })
+	ok := r.callMode(ctx, op, true, func(ctx context.Context) error { return r.writeInval(ctx, slots, all) })
 	if !ok {
 		r.addPending(slots, all)
 	}
@@ -639,8 +646,8 @@ func (r *Redis) subscribe(h func(invalMsg)) {
 	})
 }
 
-// recoverer probes Redis while the breaker is not closed or invalidations
-// are pending, so recovery does not wait for traffic.
+// recoverer re-sends pending invalidations and probes Redis while the
+// breaker is open, so recovery does not wait for traffic.
 func (r *Redis) recoverer() {
 	defer r.wg.Done()
 	t := time.NewTicker(max(r.opts.BreakerBackoff/2, 10*time.Millisecond))
@@ -650,7 +657,13 @@ func (r *Redis) recoverer() {
 		case <-r.stop:
 			return
 		case <-t.C:
-			if (r.pendingN.Load() > 0 || !r.br.isClosed()) && r.br.probeDue() {
+			switch {
+			case r.pendingN.Load() > 0:
+				// Queued invalidations are re-sent every tick, breaker or
+				// not: each tick they wait widens the staleness window of
+				// other instances.
+				r.callMode(context.Background(), "probe", true, func(ctx context.Context) error { return nil })
+			case !r.br.isClosed() && r.br.probeDue():
 				r.call(context.Background(), "probe", func(ctx context.Context) error {
 					return r.client.Ping(ctx).Err()
 				})
