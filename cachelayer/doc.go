@@ -107,16 +107,20 @@
 //
 // The resulting bound during an outage: an instance may serve a result that
 // misses writes made through other instances for at most StaleBound after
-// it lost Redis. If Redis kept its data (a pause or a partition rather than
-// a restart), a write whose invalidation failed is also missed by other
-// instances from the moment Redis is reachable again until the writing
-// instance's queue is written (its next Redis operation or prober tick). A
-// Redis that comes back empty invalidates everything (random generations),
-// so a restart leaves no such window; TestCheckerTieredRedisKilled checks
-// that case with zero stale reads. Redis replication is asynchronous: a
-// sentinel or cluster failover can lose invalidations acknowledged by the old
-// master just before it failed; results cached before such a write may then
-// be served until their TTL. Use short TTLs where that matters.
+// it lost Redis. In addition, a write whose invalidation could not be
+// written while other instances could reach Redis (a partition, a pause, or
+// the second after a restart during which go-redis keeps returning its last
+// dial error) is missed by those instances until the writer's queue is
+// written (its next Redis operation or prober tick). Writes made while Redis
+// is down for every instance leave no window if Redis comes back empty: new
+// random generations then invalidate everything.
+// TestCheckerTieredRedisKilled checks this with Redis killed mid-run: no read
+// is older than a write whose invalidation reached Redis, and it reports
+// reads that fell in the queued-invalidation window ("late"). Redis
+// replication is asynchronous: a sentinel or cluster failover can lose
+// invalidations acknowledged by the old master just before it failed;
+// results cached before such a write may then be served until their TTL.
+// Use short TTLs where that matters.
 //
 // Redis should run with maxmemory-policy volatile-lru (entries have TTLs,
 // generation keys do not) or allkeys-lru (an evicted generation key is
