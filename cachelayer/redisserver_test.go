@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -53,10 +54,14 @@ func (r *testRedis) Start() { r.start() }
 
 func (r *testRedis) start(extra ...string) {
 	r.t.Helper()
-	args := append([]string{
-		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--dir", r.dir,
-		"--save", "", "--appendonly", "no", "--protected-mode", "no",
-	}, extra...)
+	var args []string
+	if len(extra) > 0 && !strings.HasPrefix(extra[0], "--") {
+		args = append(args, extra[0]) // a config file must come first
+		extra = extra[1:]
+	}
+	args = append(args, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--dir", r.dir,
+		"--save", "", "--appendonly", "no", "--protected-mode", "no")
+	args = append(args, extra...)
 	cmd := exec.Command(redisServerBin, args...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
