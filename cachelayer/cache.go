@@ -54,7 +54,8 @@ type Cache interface {
 	// Do returns the cached frames for key (hit=true) or runs fill once for
 	// all concurrent callers of the same key and caches its result when fill
 	// reports it cacheable. See the package documentation for the waiting
-	// rules. The error is fill's error (or ctx's).
+	// rules. The error is fill's error (or ctx's). The returned frames may be
+	// shared with the cache and other callers and must not be modified.
 	Do(ctx context.Context, db string, key Key, tables []string, ttl time.Duration,
 		fill func() (frames []byte, cacheable bool, err error)) (frames []byte, hit bool, err error)
 	// Invalidate makes every entry that read any of tables in db unreachable
