@@ -95,7 +95,7 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, sha
 	p1s, p1e, p2s, p2e := -1, -1, -1, -1
 	full := func() ([]byte, shapeInfo) {
 		info.fullText = true
-		out = append(dst[:base], phFull...)
+		out = append(dst, phFull...)
 		out = append(out, sql...)
 		return out, info
 	}
@@ -155,6 +155,7 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, sha
 			leading = false
 			if info.hints != (Hints{}) {
 				out = appendHintHeader(out, info.hints)
+				base = len(out) // the header is never trimmed or spaced
 			}
 		}
 		if pendingSpace && len(out) > base && !(out[len(out)-1] == ' ') {
