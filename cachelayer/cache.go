@@ -51,10 +51,12 @@ type Cache interface {
 	// is dropped (stored=false) when gens is not valid, when any generation in
 	// gens has moved since the snapshot, or when frames is too large.
 	Set(ctx context.Context, key Key, frames []byte, gens Gens, ttl time.Duration) (stored bool)
-	// Do returns the cached frames for key (hit=true) or runs fill once for
-	// all concurrent callers of the same key and caches its result when fill
-	// reports it cacheable. See the package documentation for the waiting
-	// rules. The error is fill's error (or ctx's). The returned frames may be
+	// Do returns the cached frames for key or runs fill once for all
+	// concurrent callers of the same key and caches its result when fill
+	// reports it cacheable. hit is true when this caller did not run fill (a
+	// cache hit, or another caller's fill shared under single flight). A
+	// caller waits for another's fill at most FlightWait, then runs fill
+	// itself. The error is fill's error (or ctx's). The returned frames may be
 	// shared with the cache and other callers and must not be modified.
 	Do(ctx context.Context, db string, key Key, tables []string, ttl time.Duration,
 		fill func() (frames []byte, cacheable bool, err error)) (frames []byte, hit bool, err error)
