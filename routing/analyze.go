@@ -135,6 +135,10 @@ func (w *walker) walk(m protoreflect.Message) {
 		w.ctes[x.Ctename] = true
 	case *pg.SQLValueFunction, *pg.RangeTableSample:
 		w.unstable = true
+	case *pg.A_Const:
+		if sv := x.GetSval(); sv != nil && timeWord(sv.Sval) {
+			w.unstable = true // 'now'::timestamptz is evaluated at parse time
+		}
 	}
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() != protoreflect.MessageKind {

@@ -171,14 +171,14 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, sha
 		switch {
 		case c == '\'':
 			j, ok, risky := scanQuoted(sql, i+1, modePlain)
-			if !ok || risky {
+			if !ok || risky || timeWord(sql[i+1:j-1]) {
 				return full()
 			}
 			out = append(out, phString...)
 			i = j
 		case (c == 'e' || c == 'E') && i+1 < n && sql[i+1] == '\'':
 			j, ok, risky := scanQuoted(sql, i+2, modeEscape)
-			if !ok || risky {
+			if !ok || risky || timeWord(sql[i+2:j-1]) {
 				return full()
 			}
 			out = append(out, phString...)
@@ -311,6 +311,23 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, sha
 		out = appendHintHeader(out, info.hints)
 	}
 	return out, info
+}
+
+// timeWord reports whether a string constant may be one of the date/time
+// input words evaluated when the statement is parsed ('now'::timestamptz,
+// 'today', ...): such a constant makes a result uncacheable, so the text is
+// keyed by its full text and the analysis sees it.
+func timeWord(s string) bool {
+	if len(s) < 3 || len(s) > 16 {
+		return false
+	}
+	s = strings.TrimSpace(s)
+	for _, w := range [...]string{"now", "today", "tomorrow", "yesterday"} {
+		if strings.EqualFold(s, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // dmlKeyword reports whether a statement starting with word may be keyed by

@@ -279,3 +279,14 @@ func TestConcurrentClassify(t *testing.T) {
 		t.Fatalf("stats %d+%d", h, m)
 	}
 }
+
+func TestTimeWordsKeyedByFullText(t *testing.T) {
+	for _, sql := range []string{"SELECT 'now'::timestamptz", "SELECT date ' Today '", "SELECT E'tomorrow'"} {
+		if _, info := shapeOf(sql); !info.fullText {
+			t.Errorf("%q: not keyed by full text", sql)
+		}
+	}
+	if _, info := shapeOf("SELECT 'nowhere'"); info.fullText {
+		t.Error("'nowhere' keyed by full text")
+	}
+}
