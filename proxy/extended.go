@@ -167,7 +167,7 @@ func (s *session) handleParse(body []byte) error {
 	}
 	name, query, params, ok := parseMsg(body)
 	if !ok {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Parse message")
+		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Parse message"), false)
 	}
 	d := s.srv.classify(string(query))
 	if d.Pin != routing.PinNone {
@@ -187,6 +187,20 @@ func (s *session) handleParse(body []byte) error {
 	info.parse = append(info.parse, 0)
 	info.parse = append(info.parse, params...)
 
+	if pn != "" && s.idle() {
+		// Outside a transaction a named Parse needs no server yet: answer
+		// it now and prepare the statement lazily on whichever server runs
+		// its first Bind or Describe. Clients that prepare with a blocking
+		// call (libpq's PQprepare, used by pgbench -M prepared) would
+		// otherwise hold a pgbench thread waiting for a server while other
+		// clients of that thread hold the servers in transactions.
+		// A statement with an error is reported at its first use.
+		s.stmts[string(name)] = info
+		s.mu.Lock()
+		s.pushLocked(op{kind: opSynth, msg: parseComplete})
+		s.mu.Unlock()
+		return nil
+	}
 	b, err := s.lockAttached()
 	if err != nil {
 		return s.localError(err, false)
@@ -253,11 +267,11 @@ func (s *session) handleBind(body []byte) error {
 	}
 	portal, rest, ok := wire.CString(body)
 	if !ok {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Bind message")
+		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Bind message"), false)
 	}
 	stmt, rest, ok := wire.CString(rest)
 	if !ok {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Bind message")
+		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Bind message"), false)
 	}
 	b, err := s.lockAttached()
 	if err != nil {
@@ -278,11 +292,11 @@ func (s *session) handleDescribe(body []byte) error {
 		return s.forwardRaw('D', body)
 	}
 	if len(body) < 2 {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Describe message")
+		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Describe message"), false)
 	}
 	name, rest, ok := wire.CString(body[1:])
 	if !ok || len(rest) != 0 {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Describe message")
+		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Describe message"), false)
 	}
 	b, err := s.lockAttached()
 	if err != nil {
@@ -326,11 +340,11 @@ func (s *session) handleClose(body []byte) error {
 		return s.forwardRaw('C', body)
 	}
 	if len(body) < 2 {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Close message")
+		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Close message"), false)
 	}
 	name, rest, ok := wire.CString(body[1:])
 	if !ok || len(rest) != 0 {
-		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Close message")
+		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Close message"), false)
 	}
 	if body[0] == 'S' && len(name) > 0 {
 		// The server keeps the statement for whoever needs it next; the

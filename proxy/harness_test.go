@@ -1,8 +1,20 @@
 package proxy_test
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/proxy"
 
 	"github.com/pgsluice/pgsluice/deploy/local"
 )
@@ -16,6 +28,8 @@ type TargetConfig struct {
 	AcquireTimeout time.Duration // how long a client waits for a backend; default 10s
 	MaxClientConn  int           // client connections accepted; default 5000
 	TLS            bool          // accept TLS from clients (use testTLS's certificate)
+	// Tweak edits the full proxy configuration last.
+	Tweak func(*config.Config)
 }
 
 // defaultTargetConfig returns the configuration every test starts from.
@@ -34,18 +48,67 @@ func defaultTargetConfig() TargetConfig {
 // only hold through a pool (backend counts bounded by PoolSize) check it.
 var viaProxy bool
 
-// startTarget returns a DSN (postgres URL) for user `app`, password
-// `secret`, database `app` to connect to; tests change user/password/db
-// with dsnFor. TODAY it returns the direct primary DSN.
-// The lead will replace its body with: start pgsluice (proxy.New with a
-// config derived from the cluster and cfg) and return the proxy DSN,
-// stopping the proxy in t.Cleanup.
+// startTarget starts a pgsluice proxy in front of the cluster's primary,
+// configured from TargetConfig, and returns its DSN for user `app`, password
+// `secret`, database `app`; tests change user/password/db with dsnFor. The
+// proxy is shut down in t.Cleanup.
 func startTarget(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) string {
 	t.Helper()
-	cfg := defaultTargetConfig()
+	tc := defaultTargetConfig()
 	if tweak != nil {
-		tweak(&cfg)
+		tweak(&tc)
 	}
-	viaProxy = false
-	return c.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase)
+	viaProxy = true
+	cfg := config.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Admin.Listen = ""
+	cfg.Primary = config.Node{Host: c.Primary.Host, Port: c.Primary.Port, Weight: 1}
+	cfg.Pool.Size = tc.PoolSize
+	cfg.Pool.Mode = tc.PoolMode
+	cfg.Pool.AcquireTimeout = tc.AcquireTimeout
+	cfg.Pool.MaxClientConn = tc.MaxClientConn
+	cfg.Auth.Method = tc.AuthMethod
+	cfg.Auth.Users = []config.User{{Name: local.AppUser, Password: local.AppPassword}, {Name: "md5u", Password: "md5pass"}}
+	cfg.TLS.Server = "disable"
+	if tc.TLS {
+		dir := t.TempDir()
+		cfg.TLS.CertFile = filepath.Join(dir, "server.crt")
+		cfg.TLS.KeyFile = filepath.Join(dir, "server.key")
+		if err := os.WriteFile(cfg.TLS.CertFile, testTLS.certPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cfg.TLS.KeyFile, testTLS.keyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tc.Tweak != nil {
+		tc.Tweak(&cfg)
+	}
+	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log})
+	if err != nil {
+		t.Fatalf("proxy.New: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("proxy shutdown: %v", err)
+		}
+	})
+	port := ln.Addr().(*net.TCPAddr).Port
+	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", local.AppUser, local.AppPassword, port, local.AppDatabase)
+}
+
+// testLogWriter sends proxy logs to the test log.
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Logf("pgsluice| %s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

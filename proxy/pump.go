@@ -14,6 +14,9 @@ const maxServerMessage = 1<<30 + 1024
 // safe point. It exits when b is released or the session ends.
 func (s *session) pump(b *backend, done chan struct{}) {
 	defer close(done)
+	if s.trace {
+		defer s.log.Debug("pump exit", "backend", b.id)
+	}
 	for {
 		// Block for data without holding the lock.
 		if _, err := b.r.Peek(1); err != nil {
@@ -149,6 +152,13 @@ func (s *session) serverMessageLocked(b *backend) error {
 	}
 	head := s.ops.front()
 	drop := head != nil && head.kind.dropped()
+	if s.trace {
+		h := -1
+		if head != nil {
+			h = int(head.kind)
+		}
+		s.log.Debug("server message", "type", string(typ), "len", n, "head", h, "queue", s.ops.len(), "backend", b.id)
+	}
 	switch typ {
 	case 'D', 'T', 'n', 't', '2', '1', '3', 'I', 's', 'N', 'G', 'H', 'W', 'd', 'c', 'V':
 		// Fast path: forward (or drop) the raw frame.

@@ -87,6 +87,7 @@ type session struct {
 	unnamedGen uint64
 	lastBound  *stmtInfo
 	scratch    []byte
+	trace      bool   // log every message (debug level)
 	out        []byte // scratch for rewritten messages
 }
 
@@ -155,6 +156,9 @@ func (s *session) loop() {
 
 // handle processes one client message. An error ends the session.
 func (s *session) handle(typ byte, body []byte) error {
+	if s.trace {
+		s.log.Debug("client message", "type", string(typ), "len", len(body), "body", safeBody(body))
+	}
 	if s.localSkip {
 		switch typ {
 		case 'S':
@@ -499,3 +503,18 @@ func isNetErr(err error) bool {
 }
 
 var errReleased = fmt.Errorf("server connection released")
+
+// safeBody renders a message body for debug tracing.
+func safeBody(b []byte) string {
+	if len(b) > 80 {
+		b = b[:80]
+	}
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c < 32 || c > 126 {
+			c = '.'
+		}
+		out[i] = c
+	}
+	return string(out)
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"sort"
 	"time"
@@ -167,9 +168,9 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 		sql := s.settings.replaySQL(b.settingsSig != "")
 		if err := b.exec(sql); err != nil {
 			b.settingsSig = "?"
-			s.pool.release(b)
 			var pe *pgerr.Error
 			if errors.As(err, &pe) && pe.Server != nil {
+				s.pool.release(b)
 				return nil, pe.AsFatal()
 			}
 			s.pool.discard(b)
@@ -222,6 +223,10 @@ func newSession(srv *Server, c net.Conn) *session {
 		w:     bufio.NewWriterSize(c, wire.BufferSize),
 		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),
+	}
+	s.trace = s.log.Enabled(context.Background(), slog.LevelDebug)
+	if s.trace {
+		s.log = s.log.With("client", c.RemoteAddr().String())
 	}
 	return s
 }

@@ -27,7 +27,7 @@
 //	ErrShuttingDown        57P01     FATAL     terminating connection due to administrator command
 //	ErrBackendUnavailable  08000     FATAL     could not connect to the database server
 //	ErrAuthFailed          28P01     FATAL     password authentication failed
-//	ErrMessageTooLarge     54000     FATAL     message exceeds the maximum allowed size
+//	ErrMessageTooLarge     08P01     FATAL     invalid message length (over max_message_size), as PostgreSQL says
 //	ErrProtocol            08P01     FATAL     protocol violation
 //	ErrUnsupported         0A000     ERROR     feature not supported by pgsluice
 //

@@ -212,7 +212,7 @@ var sentinels = [...]sentinelMapping{
 	{ErrShuttingDown, SeverityFatal, AdminShutdown, "terminating connection due to administrator command"},
 	{ErrBackendUnavailable, SeverityFatal, ConnectionException, "could not connect to the database server"},
 	{ErrAuthFailed, SeverityFatal, InvalidPassword, "password authentication failed"},
-	{ErrMessageTooLarge, SeverityFatal, ProgramLimitExceeded, "message exceeds the maximum allowed size"},
+	{ErrMessageTooLarge, SeverityFatal, ProtocolViolation, "invalid message length: message exceeds max_message_size"},
 	{ErrProtocol, SeverityFatal, ProtocolViolation, "protocol violation"},
 	{ErrUnsupported, SeverityError, FeatureNotSupported, "feature not supported by pgsluice"},
 }

@@ -41,7 +41,7 @@ func TestToError(t *testing.T) {
 		{"shutting down", fmt.Errorf("x: %w", ErrShuttingDown), "FATAL", "57P01", "terminating connection due to administrator command"},
 		{"backend unavailable", fmt.Errorf("%s: %w", secret, ErrBackendUnavailable), "FATAL", "08000", "could not connect to the database server"},
 		{"auth failed", fmt.Errorf("x: %w", ErrAuthFailed), "FATAL", "28P01", "password authentication failed"},
-		{"message too large", fmt.Errorf("x: %w", ErrMessageTooLarge), "FATAL", "54000", "message exceeds the maximum allowed size"},
+		{"message too large", fmt.Errorf("x: %w", ErrMessageTooLarge), "FATAL", "08P01", "invalid message length: message exceeds max_message_size"},
 		{"protocol", fmt.Errorf("%s: %w", secret, ErrProtocol), "FATAL", "08P01", "protocol violation"},
 		{"unsupported", fmt.Errorf("x: %w", ErrUnsupported), "ERROR", "0A000", "feature not supported by pgsluice"},
 		{"joined sentinel", errors.Join(errors.New(secret), ErrShuttingDown), "FATAL", "57P01", "terminating connection due to administrator command"},
