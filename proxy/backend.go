@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -28,8 +29,11 @@ import (
 type backend struct {
 	pool *pool
 	conn net.Conn
-	r    *bufio.Reader
-	w    *bufio.Writer
+	// raw is the TCP socket under conn (under TLS too), for the cheap
+	// liveness peek.
+	raw syscall.RawConn
+	r   *bufio.Reader
+	w   *bufio.Writer
 
 	// pid and secret are the server's real cancel key.
 	pid, secret uint32
@@ -72,6 +76,11 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: connect to %s: %v", pgerr.ErrBackendUnavailable, p.key.addr, err)
 	}
+	var raw syscall.RawConn
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+		raw, _ = tc.SyscallConn()
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
@@ -96,6 +105,7 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 	b := &backend{
 		pool:     p,
 		conn:     conn,
+		raw:      raw,
 		params:   map[string]string{},
 		created:  time.Now(),
 		prepared: newStmtLRU(cfg.Pool.PreparedStatements),
@@ -169,6 +179,27 @@ func negotiateServerTLS(conn net.Conn, mode string) (net.Conn, error) {
 		return conn, nil
 	}
 	return nil, fmt.Errorf("%w: unexpected answer %q to SSLRequest", pgerr.ErrProtocol, resp[0])
+}
+
+// quiet reports whether an idle connection has nothing to say: a server
+// that terminated the session (pg_terminate_backend, shutdown, crash) has
+// sent a FATAL error or closed the socket, which shows up as readable data
+// or EOF. One non-blocking recv with MSG_PEEK; no timers, no allocation.
+func (b *backend) quiet() bool {
+	if b.r.Buffered() > 0 {
+		return false
+	}
+	if b.raw == nil {
+		return true
+	}
+	quiet := true
+	var buf [1]byte
+	b.raw.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		quiet = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	})
+	return quiet
 }
 
 // check runs an empty query to prove an idle connection is alive. Used on

@@ -6,6 +6,8 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/pgsluice/pgsluice/config"
+
 	"github.com/pgsluice/pgsluice/proxy/pgerr"
 	"github.com/pgsluice/pgsluice/proxy/wire"
 	"github.com/pgsluice/pgsluice/routing"
@@ -397,8 +399,12 @@ func (s *session) handleQuery(body []byte) error {
 	return s.send(b)
 }
 
-// pin binds the session to its server connection for good.
+// pin binds the session to its server connection for good. In session
+// mode every session keeps its server connection anyway.
 func (s *session) pin(r routing.PinReason) {
+	if s.cfg.Pool.Mode == config.ModeSession {
+		return
+	}
 	s.mu.Lock()
 	first := s.pinned == routing.PinNone
 	if first {

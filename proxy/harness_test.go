@@ -54,6 +54,14 @@ var viaProxy bool
 // proxy is shut down in t.Cleanup.
 func startTarget(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) string {
 	t.Helper()
+	dsn, _ := startProxy(t, c, tweak)
+	return dsn
+}
+
+// startProxy is startTarget that also returns the running server, for tests
+// that drive it (shutdown, metrics).
+func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (string, *proxy.Server) {
+	t.Helper()
 	tc := defaultTargetConfig()
 	if tweak != nil {
 		tweak(&tc)
@@ -102,7 +110,7 @@ func startTarget(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) stri
 		}
 	})
 	port := ln.Addr().(*net.TCPAddr).Port
-	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", local.AppUser, local.AppPassword, port, local.AppDatabase)
+	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", local.AppUser, local.AppPassword, port, local.AppDatabase), srv
 }
 
 // testLogWriter sends proxy logs to the test log.

@@ -34,9 +34,11 @@ type pool struct {
 	waiters []*waiter  // FIFO
 	closed  bool
 
-	// startupParams caches the parameters a fresh server connection
-	// reports, for logins that need no settings.
-	paramsOnce sync.Once
+	// params caches, by settings signature, the ParameterStatus values a
+	// server connection reports once brought to those settings, so that a
+	// login whose settings were seen before needs no server connection.
+	// Guarded by mu; bounded (cleared when it grows past 1000 entries).
+	params map[string]map[string]string
 
 	stop chan struct{}
 }
@@ -67,9 +69,16 @@ func (p *pool) acquire(ctx context.Context) (*backend, error) {
 		if err != nil {
 			return nil, err
 		}
-		// A connection idle for long may have died (server restart,
-		// pg_terminate_backend, network): prove it alive before use.
-		if p.cfg.Pool.CheckAfter > 0 && time.Since(b.lastUsed) > p.cfg.Pool.CheckAfter || b.r.Buffered() > 0 {
+		// A server that ended the session while it sat idle has left a
+		// FATAL message or EOF on the socket: never lend it.
+		if !b.quiet() {
+			p.log.Debug("discarding server connection closed by the server", "pool", p.key.addr)
+			p.discard(b)
+			continue
+		}
+		// A connection idle for long may have died silently (network):
+		// prove it alive with a round trip before use.
+		if p.cfg.Pool.CheckAfter > 0 && time.Since(b.lastUsed) > p.cfg.Pool.CheckAfter {
 			if err := b.check(); err != nil {
 				p.log.Debug("discarding dead server connection", "pool", p.key.addr, "err", err)
 				p.discard(b)
@@ -287,3 +296,22 @@ func (p *pool) close() {
 var errPoolClosed = errors.New("pool closed")
 
 func (k poolKey) String() string { return fmt.Sprintf("%s/%s@%s", k.database, k.user, k.addr) }
+
+// cachedParams returns the parameters cached for a settings signature.
+// The map is shared and must not be modified.
+func (p *pool) cachedParams(sig string) (map[string]string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m, ok := p.params[sig]
+	return m, ok
+}
+
+// cacheParams records the parameters seen for a settings signature.
+func (p *pool) cacheParams(sig string, params map[string]string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.params == nil || len(p.params) > 1000 {
+		p.params = map[string]map[string]string{}
+	}
+	p.params[sig] = params
+}

@@ -158,6 +158,13 @@ func (s *session) startup(ctx context.Context) error {
 // settings and returns the parameters it reports. In session mode the
 // connection stays attached.
 func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
+	if s.cfg.Pool.Mode == config.ModeTransaction {
+		// A login with settings seen before needs no server connection:
+		// connection storms then cost the pool nothing.
+		if params, ok := s.pool.cachedParams(s.settings.sig); ok {
+			return params, nil
+		}
+	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	b, err := s.pool.acquire(ctx)
@@ -183,6 +190,7 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 	for k, v := range b.params {
 		params[k] = v
 	}
+	s.pool.cacheParams(s.settings.sig, params)
 	if s.cfg.Pool.Mode == config.ModeSession {
 		s.mu.Lock()
 		s.b = b
