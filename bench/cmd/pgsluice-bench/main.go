@@ -1,0 +1,129 @@
+// Command pgsluice-bench runs the side-by-side benchmark of direct
+// PostgreSQL, PgBouncer and pgsluice (package bench) and writes the
+// Markdown table to stdout, the JSON report and the SVG chart to -out.
+//
+//	go build -o bin/pgsluice ./cmd/pgsluice
+//	go run ./bench/cmd/pgsluice-bench -quick
+//
+// Progress goes to stderr. SIGINT/SIGTERM stop the run and every server it
+// started.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pgsluice/pgsluice/bench"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	quick := flag.Bool("quick", false, "short runs (make bench-quick): one run per case, three of scenario 2")
+	out := flag.String("out", "bench/results", "directory for latest.json and latest.svg")
+	bin := flag.String("pgsluice", "bin/pgsluice", "pgsluice binary")
+	pgb := flag.String("pgbouncer", "/usr/sbin/pgbouncer", "pgbouncer binary")
+	scenarios := flag.String("scenarios", "1,2,3,4,5,6,7", "comma-separated scenarios to run")
+	dur := flag.Duration("duration", 0, "duration of one pgbench run (default: 2s quick, 6s full)")
+	runs := flag.Int("runs", 0, "interleaved runs per case (default: 1 quick, 3 full; scenario 2 always >= 3)")
+	idle := flag.Int("idle", 0, "idle clients in scenario 5 (default 5000)")
+	auth := flag.String("auth", "scram-sha-256", "client authentication of both proxies: scram-sha-256 or md5")
+	timeout := flag.Duration("timeout", 0, "abort the whole run after this long (default: 4m quick, 15m full)")
+	flag.Parse()
+
+	cfg := bench.FullConfig()
+	limit := 15 * time.Minute
+	if *quick {
+		cfg = bench.QuickConfig()
+		limit = 4 * time.Minute
+	}
+	if *timeout > 0 {
+		limit = *timeout
+	}
+	if *dur > 0 {
+		cfg.Duration = *dur
+	}
+	if *runs > 0 {
+		cfg.Runs = *runs
+		cfg.Runs2 = max(*runs, 3)
+	}
+	if *idle > 0 {
+		cfg.IdleClients = *idle
+	}
+	if *auth != "scram-sha-256" && *auth != "md5" {
+		fmt.Fprintln(os.Stderr, "pgsluice-bench: -auth must be scram-sha-256 or md5")
+		return 2
+	}
+	cfg.Auth = *auth
+	cfg.Scenarios = nil
+	for _, s := range strings.Split(*scenarios, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 7 {
+			fmt.Fprintf(os.Stderr, "pgsluice-bench: bad scenario %q\n", s)
+			return 2
+		}
+		cfg.Scenarios = append(cfg.Scenarios, n)
+	}
+	var err error
+	if cfg.PgsluiceBin, err = filepath.Abs(*bin); err != nil {
+		fmt.Fprintln(os.Stderr, "pgsluice-bench:", err)
+		return 2
+	}
+	if _, err := os.Stat(cfg.PgsluiceBin); err != nil {
+		fmt.Fprintf(os.Stderr, "pgsluice-bench: %v (build it: go build -o bin/pgsluice ./cmd/pgsluice)\n", err)
+		return 2
+	}
+	cfg.PgBouncerBin = *pgb
+	start := time.Now()
+	cfg.Logf = func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pgsluice-bench:", err)
+		if rep == nil || len(rep.Cases) == 0 {
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "pgsluice-bench: writing the partial results")
+	}
+	fmt.Print(rep.Markdown())
+	if err2 := write(*out, rep); err2 != nil {
+		fmt.Fprintln(os.Stderr, "pgsluice-bench:", err2)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "pgsluice-bench: wrote %s and %s in %.0fs\n", filepath.Join(*out, "latest.json"), filepath.Join(*out, "latest.svg"), time.Since(start).Seconds())
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+func write(dir string, rep *bench.Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	j, err := rep.JSON()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "latest.json"), append(j, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "latest.svg"), []byte(rep.SVG()), 0o644)
+}

@@ -1,0 +1,426 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pgsluice/pgsluice/deploy/local"
+)
+
+// Target names used in the report.
+const (
+	Direct     = "direct"
+	PgBouncer  = "pgbouncer"
+	Pgsluice   = "pgsluice"
+	PgsluiceNR = "pgsluice routing=off"
+)
+
+// Config says what Run measures and for how long. It is a plain value.
+type Config struct {
+	PgsluiceBin  string // the pgsluice binary (built from ./cmd/pgsluice)
+	PgBouncerBin string // /usr/sbin/pgbouncer
+	WorkDir      string // "" means a temporary directory removed afterwards
+	PoolSize     int
+	Scale        int    // pgbench -i -s
+	Auth         string // client authentication of both proxies: scram-sha-256 or md5
+	Threads      int    // pgbench -j
+	Duration     time.Duration
+	Runs         int // interleaved runs per case (scenarios 1, 3, 4, 5, 7)
+	Runs2        int // interleaved runs per case of scenario 2
+	BigClients   []int
+	StormClients int
+	IdleClients  int
+	ChurnClients int
+	Scenarios    []int // which scenarios to run (1..7)
+	// Logf receives progress lines; nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// QuickConfig is `make bench-quick`: short runs, one of each case except
+// scenario 2, which keeps three interleaved runs. It finishes in under three
+// minutes on the 2-core machine.
+func QuickConfig() Config {
+	return Config{
+		PoolSize: 20, Scale: 10, Auth: "scram-sha-256", Threads: 2,
+		Duration: 2 * time.Second, Runs: 1, Runs2: 3,
+		BigClients: []int{500, 2000}, StormClients: 2000, IdleClients: 5000, ChurnClients: 20,
+		Scenarios: []int{1, 2, 3, 4, 5, 6, 7},
+	}
+}
+
+// FullConfig is `make bench`: three interleaved runs of everything, longer
+// runs; under fifteen minutes.
+func FullConfig() Config {
+	c := QuickConfig()
+	c.Duration = 6 * time.Second
+	c.Runs = 3
+	c.Runs2 = 3
+	return c
+}
+
+type runner struct {
+	cfg     Config
+	rep     *Report
+	cluster *local.Cluster
+	targets map[string]Target
+	procs   map[string]*Proc
+	login   Login
+	logDir  string
+}
+
+func (r *runner) logf(format string, args ...any) {
+	if r.cfg.Logf != nil {
+		r.cfg.Logf(format, args...)
+	}
+}
+
+// Run starts the cluster and the proxies, runs the configured scenarios and
+// stops everything again before it returns, on every path. ctx bounds the
+// whole run; cancelling it stops the run early (the servers are still
+// stopped).
+func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
+	rep = &Report{Started: time.Now(), Config: cfg.summary()}
+	rep.Machine = machineInfo(cfg)
+	rep.Machine.LoadBefore = LoadAvg()
+	defer func() {
+		rep.Finished = time.Now()
+		rep.ElapsedSec = rep.Finished.Sub(rep.Started).Seconds()
+		rep.Machine.LoadAfter = LoadAvg()
+	}()
+	if err := raiseNofile(); err != nil {
+		return rep, err
+	}
+	work := cfg.WorkDir
+	if work == "" {
+		if work, err = os.MkdirTemp("", "pgsluice-bench-*"); err != nil {
+			return rep, err
+		}
+		defer os.RemoveAll(work)
+	}
+	r := &runner{cfg: cfg, rep: rep, targets: map[string]Target{}, procs: map[string]*Proc{}, logDir: filepath.Join(work, "pgbench")}
+
+	r.logf("bench: starting PostgreSQL 15 (max_connections=300)")
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	r.cluster, err = local.Start(sctx, local.Options{Dir: filepath.Join(work, "cluster")})
+	if err != nil {
+		return rep, err
+	}
+	defer r.cluster.Stop()
+	p := r.cluster.Primary
+	r.login = Login{User: local.AppUser, Password: local.AppPassword, DB: local.AppDatabase, Cache: &ScramCache{}}
+	r.targets[Direct] = Target{Name: Direct, Host: p.Host, Port: p.Port, MaxClients: 300}
+
+	r.logf("bench: pgbench -i -s %d", cfg.Scale)
+	init := exec.CommandContext(sctx, r.cluster.Bin("pgbench"), "-i", "-q", "-s", strconv.Itoa(cfg.Scale),
+		"-h", p.Host, "-p", strconv.Itoa(p.Port), "-U", local.AppUser, local.AppDatabase)
+	init.Env = []string{"PGPASSWORD=" + local.AppPassword, "PATH=/usr/bin:/bin"}
+	if out, err := init.CombinedOutput(); err != nil {
+		return rep, fmt.Errorf("pgbench -i: %v: %s", err, out)
+	}
+	if v, err := r.cluster.Query(sctx, p, "SHOW server_version"); err == nil && len(v) == 1 {
+		rep.Machine.Postgres = fmt.Sprint(v[0][0])
+	}
+
+	secret := local.AppPassword
+	if cfg.Auth == "scram-sha-256" {
+		if err := r.cluster.QueryRow(sctx, p, "SELECT rolpassword FROM pg_authid WHERE rolname = $1", []any{local.AppUser}, &secret); err != nil {
+			return rep, fmt.Errorf("read app's SCRAM secret: %w", err)
+		}
+	}
+	backlog := 4096
+	if b, err := os.ReadFile("/proc/sys/net/core/somaxconn"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			backlog = n // what Go's listener (pgsluice) uses
+		}
+	}
+	maxClients := max(cfg.IdleClients, cfg.StormClients, slices.Max(append([]int{0}, cfg.BigClients...))) + 1000
+	r.logf("bench: starting PgBouncer (transaction pooling, pool %d, %s, backlog %d)", cfg.PoolSize, cfg.Auth, backlog)
+	pgb, t, err := StartPgBouncer(sctx, PgBouncerConfig{
+		Bin: cfg.PgBouncerBin, Dir: filepath.Join(work, "pgbouncer"), ServerHost: p.Host, ServerPort: p.Port,
+		DB: local.AppDatabase, User: local.AppUser, Password: local.AppPassword, AuthFileSecret: secret,
+		AuthType: cfg.Auth, PoolSize: cfg.PoolSize, MaxClientConn: maxClients, ListenBacklog: backlog,
+	})
+	if err != nil {
+		return rep, err
+	}
+	defer pgb.Stop(5 * time.Second)
+	r.targets[PgBouncer] = t
+	r.procs[PgBouncer] = pgb
+	rep.Machine.NofilePgBouncer = nofileLimit(t.PID)
+
+	variants := []struct {
+		name string
+		env  []string
+	}{{Pgsluice, nil}}
+	if slices.Contains(cfg.Scenarios, 7) {
+		variants = append(variants, struct {
+			name string
+			env  []string
+		}{PgsluiceNR, []string{"PGSLUICE_ROUTING_ENABLED=false"}})
+	}
+	for i, v := range variants {
+		r.logf("bench: starting %s (%s)", v.name, cfg.PgsluiceBin)
+		ps, t, err := StartPgsluice(sctx, PgsluiceConfig{
+			Bin: cfg.PgsluiceBin, Name: v.name, LogPath: filepath.Join(work, fmt.Sprintf("pgsluice-%d.log", i)),
+			ServerHost: p.Host, ServerPort: p.Port, User: local.AppUser, Password: local.AppPassword, DB: local.AppDatabase,
+			AuthMethod: cfg.Auth, PoolSize: cfg.PoolSize, MaxClientConn: maxClients, Env: v.env,
+		})
+		if err != nil {
+			return rep, err
+		}
+		defer ps.Stop(10 * time.Second)
+		r.targets[v.name] = t
+		r.procs[v.name] = ps
+		if i == 0 {
+			rep.Machine.NofilePgsluice = nofileLimit(t.PID)
+		}
+	}
+
+	// Warm up: fill both pools and PostgreSQL's buffers.
+	for _, name := range []string{Direct, PgBouncer, Pgsluice, PgsluiceNR} {
+		if t, ok := r.targets[name]; ok {
+			if _, err := r.pgbench(ctx, t, "simple", 50, time.Second, false, false); err != nil {
+				return rep, fmt.Errorf("warm-up %s: %w", name, err)
+			}
+		}
+	}
+
+	steps := map[int]func(context.Context) error{
+		1: r.scenario1, 2: r.scenario2, 3: r.scenario3, 4: r.scenario4, 5: r.scenario5, 6: r.scenario6, 7: r.scenario7,
+	}
+	for _, s := range cfg.Scenarios {
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		rep.Machine.LoadPerScenario = append(rep.Machine.LoadPerScenario, fmt.Sprintf("scenario %d: %s", s, LoadAvg()))
+		if err := steps[s](ctx); err != nil {
+			return rep, fmt.Errorf("scenario %d: %w", s, err)
+		}
+		for name, pr := range r.procs {
+			if pr.Exited() {
+				return rep, fmt.Errorf("%s died during scenario %d: %s", name, s, pr.LogTail())
+			}
+		}
+	}
+	rep.Checks = Checks(rep)
+	return rep, nil
+}
+
+// raiseNofile raises the soft RLIMIT_NOFILE to the hard limit. Calling
+// Setrlimit explicitly also makes os/exec pass the raised limit on to
+// children (Go otherwise restores the original soft limit for them).
+func raiseNofile() error {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return err
+	}
+	l.Cur = l.Max
+	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+}
+
+func machineInfo(cfg Config) Machine {
+	m := Machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if out, err := exec.Command(cfg.PgBouncerBin, "--version").Output(); err == nil {
+		m.PgBouncer = strings.SplitN(string(out), "\n", 2)[0]
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil {
+		m.NofileHarness = strconv.FormatUint(l.Max, 10)
+	}
+	return m
+}
+
+// pgbench runs one pgbench -S against t and turns it into a Sample, with the
+// proxy's CPU per transaction and RSS when t is a proxy.
+func (r *runner) pgbench(ctx context.Context, t Target, mode string, clients int, d time.Duration, reconnect, latencies bool) (Sample, error) {
+	run := PgbenchRun{
+		Bin: r.cluster.Bin("pgbench"), Host: t.Host, Port: t.Port, User: r.login.User, Password: r.login.Password,
+		DB: r.login.DB, Mode: mode, Clients: clients, Threads: min(r.cfg.Threads, clients), Duration: d, Reconnect: reconnect,
+	}
+	if latencies {
+		run.LogDir = r.logDir
+	}
+	rctx, cancel := context.WithTimeout(ctx, d+90*time.Second)
+	defer cancel()
+	var before ProcSample
+	if t.PID != 0 {
+		var err error
+		if before, err = ReadProc(t.PID); err != nil {
+			return Sample{}, err
+		}
+	}
+	res, err := run.Run(rctx)
+	if err != nil {
+		return Sample{}, err
+	}
+	s := Sample{TPS: res.TPS, P50us: res.P50us, P99us: res.P99us, ConnMs: res.ConnMs, Txns: res.Txns, Failures: res.Failed, Load: LoadAvg()}
+	if res.Aborted || (res.ExitCode != 0 && res.Txns == 0) {
+		s.Err = res.FirstErr
+		if s.Err == "" {
+			s.Err = fmt.Sprintf("pgbench exit status %d", res.ExitCode)
+		}
+	}
+	if t.PID != 0 {
+		after, err := ReadProc(t.PID)
+		if err != nil {
+			return s, err
+		}
+		s.RSSKiB = after.RSSKiB
+		if res.Txns > 0 {
+			s.CPUPerTxnUs = float64(after.CPU-before.CPU) / float64(time.Microsecond) / float64(res.Txns)
+		}
+	}
+	r.logf("  %-22s %-9s c=%-5d %s%9.0f tps  p50 %6.0fµs  p99 %7.0fµs  cpu/txn %5.1fµs  load %s %s",
+		t.Name, mode, clients, map[bool]string{true: "-C ", false: ""}[reconnect], s.TPS, s.P50us, s.P99us, s.CPUPerTxnUs, s.Load, s.Err)
+	return s, nil
+}
+
+// interleave runs fn for each target in order, runs times (A B C A B C), and
+// records one Case per target with every run and the medians.
+func (r *runner) interleave(scenario int, name string, targets []string, runs int, fn func(Target) (Sample, error)) error {
+	cases := make([]*Case, len(targets))
+	for i, tn := range targets {
+		cases[i] = &Case{Scenario: scenario, Name: name, Target: tn}
+		r.rep.Cases = append(r.rep.Cases, cases[i])
+	}
+	for run := 0; run < runs; run++ {
+		for i, tn := range targets {
+			s, err := fn(r.targets[tn])
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", name, tn, err)
+			}
+			cases[i].Runs = append(cases[i].Runs, s)
+		}
+	}
+	for _, c := range cases {
+		c.Median = MedianSample(c.Runs)
+	}
+	return nil
+}
+
+func (r *runner) na(scenario int, name, target, why string) {
+	r.rep.Cases = append(r.rep.Cases, &Case{Scenario: scenario, Name: name, Target: target, NA: why})
+}
+
+var three = []string{Direct, PgBouncer, Pgsluice}
+var proxies = []string{PgBouncer, Pgsluice}
+
+// scenario1: one client, extended protocol; per-transaction latency.
+func (r *runner) scenario1(ctx context.Context) error {
+	r.logf("scenario 1: one client, extended protocol, latency")
+	return r.interleave(1, "1 client extended", three, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
+		return r.pgbench(ctx, t, "extended", 1, r.cfg.Duration, false, true)
+	})
+}
+
+// scenario2: 50 clients on a pool of PoolSize, three protocols.
+func (r *runner) scenario2(ctx context.Context) error {
+	for _, mode := range []string{"simple", "extended", "prepared"} {
+		r.logf("scenario 2: 50 clients, pool %d, -M %s", r.cfg.PoolSize, mode)
+		if err := r.interleave(2, mode, three, r.cfg.Runs2, func(t Target) (Sample, error) {
+			return r.pgbench(ctx, t, mode, 50, r.cfg.Duration, false, false)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scenario3: many clients on a small pool.
+func (r *runner) scenario3(ctx context.Context) error {
+	for _, n := range r.cfg.BigClients {
+		name := fmt.Sprintf("%d clients", n)
+		r.logf("scenario 3: %s, pool %d, -M extended", name, r.cfg.PoolSize)
+		r.na(3, name, Direct, "max_connections=300")
+		if err := r.interleave(3, name, proxies, r.cfg.Runs, func(t Target) (Sample, error) {
+			return r.pgbench(ctx, t, "extended", n, r.cfg.Duration, false, true)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scenario4: connection churn (pgbench -C) and a storm of connections.
+func (r *runner) scenario4(ctx context.Context) error {
+	r.logf("scenario 4: churn, pgbench -C -c %d", r.cfg.ChurnClients)
+	if err := r.interleave(4, "churn", three, r.cfg.Runs, func(t Target) (Sample, error) {
+		return r.pgbench(ctx, t, "simple", r.cfg.ChurnClients, r.cfg.Duration, true, false)
+	}); err != nil {
+		return err
+	}
+	name := fmt.Sprintf("storm %d", r.cfg.StormClients)
+	r.logf("scenario 4: %s connections at once", name)
+	r.na(4, name, Direct, "max_connections=300")
+	return r.interleave(4, name, proxies, r.cfg.Runs, func(t Target) (Sample, error) {
+		before, err := ReadProc(t.PID)
+		if err != nil {
+			return Sample{}, err
+		}
+		st := Storm(ctx, t.Addr(), r.login, r.cfg.StormClients, 60*time.Second)
+		after, err := ReadProc(t.PID)
+		if err != nil {
+			return Sample{}, err
+		}
+		s := Sample{TPS: st.PerSecond, ConnMs: ms(st.ConnP50), ConnP99Ms: ms(st.ConnP99), P50us: us(st.QueryP50), P99us: us(st.QueryP99),
+			Failures: int64(st.Failures), Txns: int64(st.OK), Err: st.FirstErr, RSSKiB: after.RSSKiB, WallMs: ms(st.Wall), Load: LoadAvg()}
+		if st.OK > 0 {
+			s.CPUPerTxnUs = us(after.CPU-before.CPU) / float64(st.OK)
+		}
+		r.logf("  %-22s storm: %d ok, %d failed in %v, connect p50 %.1fms p99 %.1fms max %.1fms %s",
+			t.Name, st.OK, st.Failures, st.Wall.Round(time.Millisecond), ms(st.ConnP50), ms(st.ConnP99), ms(st.ConnMax), st.FirstErr)
+		time.Sleep(500 * time.Millisecond) // let the proxy close the sessions
+		return s, nil
+	})
+}
+
+// scenario5: idle clients, RSS per client.
+func (r *runner) scenario5(ctx context.Context) error {
+	name := fmt.Sprintf("%d idle", r.cfg.IdleClients)
+	r.logf("scenario 5: %s clients", name)
+	r.na(5, name, Direct, "max_connections=300")
+	return r.interleave(5, name, proxies, r.cfg.Runs, func(t Target) (Sample, error) {
+		res, err := Idle(ctx, t.PID, t.Addr(), r.login, r.cfg.IdleClients, 64, 2*time.Second)
+		if err != nil {
+			return Sample{}, err
+		}
+		r.logf("  %-22s idle: %d connected in %v, RSS %d -> %d KiB, %.2f KiB/client %s",
+			t.Name, res.Connected, res.ConnectDuration.Round(time.Millisecond), res.RSSBeforeKiB, res.RSSAfterKiB, res.PerClientKiB, res.FirstErr)
+		time.Sleep(time.Second) // let the proxy close the sessions
+		return Sample{RSSKiB: res.RSSAfterKiB, RSSBeforeKiB: res.RSSBeforeKiB, PerClientKiB: res.PerClientKiB,
+			Txns: int64(res.Connected), Failures: int64(res.Clients - res.Connected), Err: res.FirstErr, Load: LoadAvg()}, nil
+	})
+}
+
+// scenario6: the result cache is not wired into the proxy yet.
+func (r *runner) scenario6(context.Context) error {
+	for _, tn := range three {
+		r.na(6, "cached dashboard query", tn, "n/a (cache not wired yet)")
+	}
+	return nil
+}
+
+// scenario7: feature cost, pgsluice with routing off vs on (metrics are
+// always on).
+func (r *runner) scenario7(ctx context.Context) error {
+	r.logf("scenario 7: feature cost, 50 clients -M extended, routing off vs on")
+	return r.interleave(7, "50 clients extended", []string{PgsluiceNR, Pgsluice}, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
+		return r.pgbench(ctx, t, "extended", 50, r.cfg.Duration, false, false)
+	})
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
