@@ -163,21 +163,21 @@ func TestDashboardMetricNames(t *testing.T) {
 	}
 	// What issue 5 and the brief ask the dashboard to show.
 	for _, m := range []string{
-		"pgsluice_query_duration_seconds",    // p50/p95/p99 by fingerprint and target, top queries
-		"pgsluice_query_backend_seconds",     // queueing vs execution
-		"pgsluice_pool_active_connections",   // saturation
-		"pgsluice_pool_max_connections",      //
-		"pgsluice_pool_waiting_clients",      //
-		"pgsluice_pool_wait_seconds",         // wait
-		"pgsluice_routing_decisions_total",   // replica share of reads
-		"pgsluice_replica_lag_seconds",       // lag
-		"pgsluice_replica_lag_bytes",         //
-		"pgsluice_replica_healthy",           //
-		"pgsluice_cache_hits_total",          // cache hit ratio
-		"pgsluice_cache_misses_total",        //
-		"pgsluice_errors_total",              // errors by class
-		"pgsluice_client_connections",        // clients
-		"pgsluice_session_pins_total",        // pins
+		"pgsluice_query_duration_seconds",  // p50/p95/p99 by fingerprint and target, top queries
+		"pgsluice_query_backend_seconds",   // queueing vs execution
+		"pgsluice_pool_active_connections", // saturation
+		"pgsluice_pool_max_connections",    //
+		"pgsluice_pool_waiting_clients",    //
+		"pgsluice_pool_wait_seconds",       // wait
+		"pgsluice_routing_decisions_total", // replica share of reads
+		"pgsluice_replica_lag_seconds",     // lag
+		"pgsluice_replica_lag_bytes",       //
+		"pgsluice_replica_healthy",         //
+		"pgsluice_cache_hits_total",        // cache hit ratio
+		"pgsluice_cache_misses_total",      //
+		"pgsluice_errors_total",            // errors by class
+		"pgsluice_client_connections",      // clients
+		"pgsluice_session_pins_total",      // pins
 		"pgsluice_pool_acquire_timeouts_total",
 	} {
 		if !used[m] {
