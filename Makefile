@@ -46,3 +46,17 @@ demo: deps build
 
 clean:
 	rm -rf $(BIN)
+
+# bench: direct PostgreSQL vs PgBouncer vs pgsluice side by side (see
+# bench/README.md): Markdown on stdout, bench/results/latest.{json,svg}.
+# bench-quick is the short form (under 3 minutes).
+.PHONY: bench bench-quick
+bench:
+	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
+	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
+	$(BIN)/pgsluice-bench
+
+bench-quick:
+	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
+	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
+	$(BIN)/pgsluice-bench -quick

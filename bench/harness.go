@@ -34,13 +34,15 @@ type Config struct {
 	Auth         string // client authentication of both proxies: scram-sha-256 or md5
 	Threads      int    // pgbench -j
 	Duration     time.Duration
-	Runs         int // interleaved runs per case (scenarios 1, 3, 4, 5, 7)
-	Runs2        int // interleaved runs per case of scenario 2
-	BigClients   []int
-	StormClients int
-	IdleClients  int
-	ChurnClients int
-	Scenarios    []int // which scenarios to run (1..7)
+	// LatencyDuration is the steady part of each scenario-1 run.
+	LatencyDuration time.Duration
+	Runs            int // interleaved runs per case (scenarios 1, 3, 4, 5, 7)
+	Runs2           int // interleaved runs per case of scenario 2
+	BigClients      []int
+	StormClients    int
+	IdleClients     int
+	ChurnClients    int
+	Scenarios       []int // which scenarios to run (1..7)
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 }
@@ -51,7 +53,7 @@ type Config struct {
 func QuickConfig() Config {
 	return Config{
 		PoolSize: 20, Scale: 10, Auth: "scram-sha-256", Threads: 2,
-		Duration: 2 * time.Second, Runs: 1, Runs2: 3,
+		Duration: 2 * time.Second, LatencyDuration: time.Second, Runs: 1, Runs2: 3,
 		BigClients: []int{500, 2000}, StormClients: 2000, IdleClients: 5000, ChurnClients: 20,
 		Scenarios: []int{1, 2, 3, 4, 5, 6, 7},
 	}
@@ -62,6 +64,7 @@ func QuickConfig() Config {
 func FullConfig() Config {
 	c := QuickConfig()
 	c.Duration = 6 * time.Second
+	c.LatencyDuration = 4 * time.Second
 	c.Runs = 3
 	c.Runs2 = 3
 	return c
@@ -252,17 +255,28 @@ func (r *runner) pgbench(ctx context.Context, t Target, mode string, clients int
 	}
 	if latencies {
 		run.LogDir = r.logDir
+		// pgbench's -T clock starts before its clients connect; give the
+		// connections time so that about d of steady load remains.
+		run.Duration = d + time.Duration(clients/200+1)*time.Second
 	}
-	rctx, cancel := context.WithTimeout(ctx, d+90*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, run.Duration+90*time.Second)
 	defer cancel()
+	var sampler *cpuSampler
 	var before ProcSample
 	if t.PID != 0 {
 		var err error
 		if before, err = ReadProc(t.PID); err != nil {
 			return Sample{}, err
 		}
+		if latencies {
+			sampler = startCPUSampler(t.PID, 100*time.Millisecond)
+		}
 	}
 	res, err := run.Run(rctx)
+	var samples []cpuPoint
+	if sampler != nil {
+		samples = sampler.stop()
+	}
 	if err != nil {
 		return Sample{}, err
 	}
@@ -283,9 +297,102 @@ func (r *runner) pgbench(ctx context.Context, t Target, mode string, clients int
 			s.CPUPerTxnUs = float64(after.CPU-before.CPU) / float64(time.Microsecond) / float64(res.Txns)
 		}
 	}
+	if latencies && len(res.Logged) > 0 {
+		r.steadyWindow(&s, res.Logged, samples)
+	}
 	r.logf("  %-22s %-9s c=%-5d %s%9.0f tps  p50 %6.0fµs  p99 %7.0fµs  cpu/txn %5.1fµs  load %s %s",
 		t.Name, mode, clients, map[bool]string{true: "-C ", false: ""}[reconnect], s.TPS, s.P50us, s.P99us, s.CPUPerTxnUs, s.Load, s.Err)
 	return s, nil
+}
+
+// steadyWindow recomputes TPS, percentiles and CPU per transaction over the
+// steady part of a logged run: from the moment every client has finished
+// its first transaction (so every client is connected) to the last
+// transaction. Connection setup, which -T includes and which costs a proxy
+// SCRAM work per client, is left out.
+func (r *runner) steadyWindow(s *Sample, txns []LoggedTxn, samples []cpuPoint) {
+	firstOf := map[int]int64{}
+	last := txns[0].EndUs
+	for _, t := range txns {
+		if f, ok := firstOf[t.Client]; !ok || t.EndUs < f {
+			firstOf[t.Client] = t.EndUs
+		}
+		last = max(last, t.EndUs)
+	}
+	var from int64
+	for _, f := range firstOf {
+		from = max(from, f)
+	}
+	to := last
+	var a, b *cpuPoint
+	if len(samples) >= 2 {
+		for i := range samples {
+			if a == nil && samples[i].atUs >= from {
+				a = &samples[i]
+			}
+			if samples[i].atUs <= to {
+				b = &samples[i]
+			}
+		}
+		if a != nil && b != nil && b.atUs > a.atUs {
+			from, to = a.atUs, b.atUs
+		} else {
+			a, b = nil, nil
+		}
+	}
+	w := Window(txns, from, to)
+	if len(w) == 0 || to <= from {
+		return
+	}
+	lats := make([]float64, len(w))
+	for i, t := range w {
+		lats[i] = t.LatUs
+	}
+	s.TPS = float64(len(w)) / (float64(to-from) / 1e6)
+	s.P50us = Percentile(lats, 50)
+	s.P99us = Percentile(lats, 99)
+	s.Txns = int64(len(w))
+	if a != nil {
+		s.CPUPerTxnUs = float64(b.cpu-a.cpu) / float64(time.Microsecond) / float64(len(w))
+	}
+}
+
+// cpuPoint is one reading of a process's CPU time.
+type cpuPoint struct {
+	atUs int64 // wall clock, µs since the epoch (pgbench's log clock)
+	cpu  time.Duration
+}
+
+// cpuSampler reads a process's CPU time periodically until stopped.
+type cpuSampler struct {
+	quit chan struct{}
+	done chan []cpuPoint
+}
+
+func startCPUSampler(pid int, every time.Duration) *cpuSampler {
+	c := &cpuSampler{quit: make(chan struct{}), done: make(chan []cpuPoint, 1)}
+	go func() {
+		var pts []cpuPoint
+		tk := time.NewTicker(every)
+		defer tk.Stop()
+		for {
+			if p, err := ReadProc(pid); err == nil {
+				pts = append(pts, cpuPoint{atUs: time.Now().UnixMicro(), cpu: p.CPU})
+			}
+			select {
+			case <-c.quit:
+				c.done <- pts
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return c
+}
+
+func (c *cpuSampler) stop() []cpuPoint {
+	close(c.quit)
+	return <-c.done
 }
 
 // interleave runs fn for each target in order, runs times (A B C A B C), and
@@ -322,7 +429,7 @@ var proxies = []string{PgBouncer, Pgsluice}
 func (r *runner) scenario1(ctx context.Context) error {
 	r.logf("scenario 1: one client, extended protocol, latency")
 	return r.interleave(1, "1 client extended", three, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
-		return r.pgbench(ctx, t, "extended", 1, r.cfg.Duration, false, true)
+		return r.pgbench(ctx, t, "extended", 1, r.cfg.LatencyDuration, false, true)
 	})
 }
 

@@ -37,18 +37,26 @@ type PgbenchRun struct {
 // PgbenchResult is what pgbench reported, plus latency percentiles when the
 // run had a LogDir.
 type PgbenchResult struct {
-	Txns      int64   // transactions actually processed
-	Failed    int64   // failed transactions (pgbench's own count)
-	TPS       float64 // tps as pgbench prints it
-	LatAvgMs  float64 // "latency average"
-	ConnMs    float64 // initial connection time, or average connection time with -C
-	P50us     float64 // from --log; 0 without LogDir
-	P99us     float64
-	Aborted   bool   // pgbench aborted clients (exit status 2)
-	FirstErr  string // first error line pgbench printed
-	Stderr    string // tail of pgbench's stderr, for the JSON record
-	ExitCode  int
-	LoggedTxn int // transactions found in the --log files
+	Txns     int64   // transactions actually processed
+	Failed   int64   // failed transactions (pgbench's own count)
+	TPS      float64 // tps as pgbench prints it
+	LatAvgMs float64 // "latency average"
+	ConnMs   float64 // initial connection time, or average connection time with -C
+	P50us    float64 // from --log; 0 without LogDir
+	P99us    float64
+	Aborted  bool   // pgbench aborted clients (exit status 2)
+	FirstErr string // first error line pgbench printed
+	Stderr   string // tail of pgbench's stderr, for the JSON record
+	ExitCode int
+	// Logged holds every transaction of the --log files, in no order.
+	Logged []LoggedTxn
+}
+
+// LoggedTxn is one line of pgbench --log.
+type LoggedTxn struct {
+	Client int
+	EndUs  int64   // end of the transaction, µs since the Unix epoch
+	LatUs  float64 // latency in µs
 }
 
 // Args returns the pgbench command line.
@@ -107,11 +115,15 @@ func (r PgbenchRun) Run(ctx context.Context) (PgbenchResult, error) {
 		res.FirstErr = fmt.Sprintf("pgbench exit status %d", res.ExitCode)
 	}
 	if r.LogDir != "" {
-		lats, err := readPgbenchLogs(r.LogDir)
+		txns, err := readPgbenchLogs(r.LogDir)
 		if err != nil {
 			return res, err
 		}
-		res.LoggedTxn = len(lats)
+		res.Logged = txns
+		lats := make([]float64, len(txns))
+		for i, t := range txns {
+			lats[i] = t.LatUs
+		}
 		res.P50us = Percentile(lats, 50)
 		res.P99us = Percentile(lats, 99)
 	}
@@ -156,15 +168,14 @@ func parsePgbench(stdout, stderr string) PgbenchResult {
 	return r
 }
 
-// readPgbenchLogs reads every tx.* file pgbench --log wrote in dir and
-// returns the per-transaction latencies in microseconds (third field of
-// each line).
-func readPgbenchLogs(dir string) ([]float64, error) {
+// readPgbenchLogs reads (and removes) every tx.* file pgbench --log wrote
+// in dir.
+func readPgbenchLogs(dir string) ([]LoggedTxn, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "tx.*"))
 	if err != nil {
 		return nil, err
 	}
-	var lats []float64
+	var lats []LoggedTxn
 	for _, f := range files {
 		fh, err := os.Open(f)
 		if err != nil {
@@ -180,7 +191,7 @@ func readPgbenchLogs(dir string) ([]float64, error) {
 	return lats, nil
 }
 
-func appendLogLatencies(lats []float64, f *os.File) ([]float64, error) {
+func appendLogLatencies(lats []LoggedTxn, f *os.File) ([]LoggedTxn, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if v, ok := parseLogLine(sc.Text()); ok {
@@ -190,17 +201,36 @@ func appendLogLatencies(lats []float64, f *os.File) ([]float64, error) {
 	return lats, sc.Err()
 }
 
-// parseLogLine returns the latency (µs) of one pgbench --log line:
-// "client_id transaction_no time script_no time_epoch time_us [lag]".
-// Failed transactions log "failed" or "skipped" in the time field and are
-// left out.
-func parseLogLine(line string) (float64, bool) {
+// parseLogLine parses one pgbench --log line:
+// "client_id transaction_no time script_no time_epoch time_us [lag]", where
+// time is the latency in µs and time_epoch/time_us the end of the
+// transaction. Failed transactions log "failed" or "skipped" in the time
+// field and are left out.
+func parseLogLine(line string) (LoggedTxn, bool) {
 	f := strings.Fields(line)
 	if len(f) < 6 {
-		return 0, false
+		return LoggedTxn{}, false
 	}
-	v, err := strconv.ParseFloat(f[2], 64)
-	return v, err == nil
+	client, err0 := strconv.Atoi(f[0])
+	lat, err1 := strconv.ParseFloat(f[2], 64)
+	sec, err2 := strconv.ParseInt(f[4], 10, 64)
+	usec, err3 := strconv.ParseInt(f[5], 10, 64)
+	if err0 != nil || err1 != nil || err2 != nil || err3 != nil {
+		return LoggedTxn{}, false
+	}
+	return LoggedTxn{Client: client, EndUs: sec*1e6 + usec, LatUs: lat}, true
+}
+
+// Window keeps the transactions that ended within [from, to] (µs since the
+// epoch).
+func Window(txns []LoggedTxn, from, to int64) []LoggedTxn {
+	var out []LoggedTxn
+	for _, t := range txns {
+		if t.EndUs >= from && t.EndUs <= to {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // Percentile returns the p-th percentile (nearest rank) of xs, which it
