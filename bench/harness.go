@@ -43,6 +43,9 @@ type Config struct {
 	IdleClients     int
 	ChurnClients    int
 	Scenarios       []int // which scenarios to run (1..7)
+	// Syscalls counts the proxies' system calls per transaction with
+	// strace -c in scenario 2 (one extra run per protocol and proxy).
+	Syscalls bool
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 }
@@ -439,6 +442,38 @@ func (r *runner) scenario2(ctx context.Context) error {
 		r.logf("scenario 2: 50 clients, pool %d, -M %s", r.cfg.PoolSize, mode)
 		if err := r.interleave(2, mode, three, r.cfg.Runs2, func(t Target) (Sample, error) {
 			return r.pgbench(ctx, t, mode, 50, r.cfg.Duration, false, false)
+		}); err != nil {
+			return err
+		}
+	}
+	if !r.cfg.Syscalls {
+		return nil
+	}
+	if _, err := exec.LookPath("strace"); err != nil {
+		r.logf("scenario 2: no strace, system calls not counted")
+		return nil
+	}
+	for _, mode := range []string{"simple", "extended"} {
+		r.logf("scenario 2: system calls per transaction (strace -c), -M %s", mode)
+		if err := r.interleave(2, "syscalls "+mode, proxies, 1, func(t Target) (Sample, error) {
+			run := PgbenchRun{Bin: r.cluster.Bin("pgbench"), Host: t.Host, Port: t.Port, User: r.login.User, Password: r.login.Password,
+				DB: r.login.DB, Mode: mode, Clients: 50, Threads: r.cfg.Threads, Transactions: 100}
+			var res PgbenchResult
+			sc, err := straceRun(ctx, t.PID, func() error {
+				var err error
+				res, err = run.Run(ctx)
+				return err
+			})
+			if err != nil {
+				return Sample{}, err
+			}
+			s := Sample{Txns: res.Txns, Failures: res.Failed, Err: res.FirstErr}
+			if res.Txns > 0 {
+				s.SyscallsPerTxn = float64(sc.Total) / float64(res.Txns)
+				s.SyscallTop = sc.Top(5, res.Txns)
+			}
+			r.logf("  %-22s %-9s %.2f syscalls/txn: %s", t.Name, mode, s.SyscallsPerTxn, s.SyscallTop)
+			return s, nil
 		}); err != nil {
 			return err
 		}

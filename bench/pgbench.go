@@ -18,17 +18,20 @@ import (
 // PgbenchRun describes one pgbench invocation of the built-in select-only
 // script (-S) against one target.
 type PgbenchRun struct {
-	Bin       string // path of pgbench
-	Host      string
-	Port      int
-	User      string
-	Password  string
-	DB        string
-	Mode      string // -M: simple, extended or prepared
-	Clients   int
-	Threads   int
-	Duration  time.Duration
-	Reconnect bool // -C: a new connection per transaction
+	Bin      string // path of pgbench
+	Host     string
+	Port     int
+	User     string
+	Password string
+	DB       string
+	Mode     string // -M: simple, extended or prepared
+	Clients  int
+	Threads  int
+	Duration time.Duration
+	// Transactions, when > 0, runs that many transactions per client (-t)
+	// instead of for Duration.
+	Transactions int
+	Reconnect    bool // -C: a new connection per transaction
 	// LogDir, when set, makes pgbench write per-transaction latencies there
 	// (--log) so percentiles can be computed.
 	LogDir string
@@ -62,8 +65,12 @@ type LoggedTxn struct {
 // Args returns the pgbench command line.
 func (r PgbenchRun) Args() []string {
 	a := []string{"-h", r.Host, "-p", strconv.Itoa(r.Port), "-U", r.User, "-n", "-S",
-		"-M", r.Mode, "-c", strconv.Itoa(r.Clients), "-j", strconv.Itoa(max(r.Threads, 1)),
-		"-T", strconv.Itoa(max(int(r.Duration.Round(time.Second)/time.Second), 1))}
+		"-M", r.Mode, "-c", strconv.Itoa(r.Clients), "-j", strconv.Itoa(max(r.Threads, 1))}
+	if r.Transactions > 0 {
+		a = append(a, "-t", strconv.Itoa(r.Transactions))
+	} else {
+		a = append(a, "-T", strconv.Itoa(max(int(r.Duration.Round(time.Second)/time.Second), 1)))
+	}
 	if r.Reconnect {
 		a = append(a, "-C")
 	}

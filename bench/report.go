@@ -79,9 +79,12 @@ type Sample struct {
 	ConnP99Ms    float64 `json:"connect_p99_ms,omitempty"`
 	WallMs       float64 `json:"wall_ms,omitempty"`
 	Txns         int64   `json:"txns,omitempty"`
-	Failures     int64   `json:"failures"`
-	Err          string  `json:"error,omitempty"`
-	Load         string  `json:"loadavg,omitempty"`
+	// SyscallsPerTxn and SyscallTop come from strace -c (one run).
+	SyscallsPerTxn float64 `json:"syscalls_per_txn,omitempty"`
+	SyscallTop     string  `json:"syscalls_top,omitempty"`
+	Failures       int64   `json:"failures"`
+	Err            string  `json:"error,omitempty"`
+	Load           string  `json:"loadavg,omitempty"`
 }
 
 // MedianSample returns the per-field median of runs (for an even count, the
@@ -99,19 +102,23 @@ func MedianSample(runs []Sample) Sample {
 		return xs[(len(xs)-1)/2]
 	}
 	m := Sample{
-		TPS:          f(func(s Sample) float64 { return s.TPS }),
-		P50us:        f(func(s Sample) float64 { return s.P50us }),
-		P99us:        f(func(s Sample) float64 { return s.P99us }),
-		CPUPerTxnUs:  f(func(s Sample) float64 { return s.CPUPerTxnUs }),
-		RSSKiB:       int64(f(func(s Sample) float64 { return float64(s.RSSKiB) })),
-		RSSBeforeKiB: int64(f(func(s Sample) float64 { return float64(s.RSSBeforeKiB) })),
-		PerClientKiB: f(func(s Sample) float64 { return s.PerClientKiB }),
-		ConnMs:       f(func(s Sample) float64 { return s.ConnMs }),
-		ConnP99Ms:    f(func(s Sample) float64 { return s.ConnP99Ms }),
-		WallMs:       f(func(s Sample) float64 { return s.WallMs }),
-		Txns:         int64(f(func(s Sample) float64 { return float64(s.Txns) })),
+		TPS:            f(func(s Sample) float64 { return s.TPS }),
+		P50us:          f(func(s Sample) float64 { return s.P50us }),
+		P99us:          f(func(s Sample) float64 { return s.P99us }),
+		CPUPerTxnUs:    f(func(s Sample) float64 { return s.CPUPerTxnUs }),
+		RSSKiB:         int64(f(func(s Sample) float64 { return float64(s.RSSKiB) })),
+		RSSBeforeKiB:   int64(f(func(s Sample) float64 { return float64(s.RSSBeforeKiB) })),
+		PerClientKiB:   f(func(s Sample) float64 { return s.PerClientKiB }),
+		ConnMs:         f(func(s Sample) float64 { return s.ConnMs }),
+		ConnP99Ms:      f(func(s Sample) float64 { return s.ConnP99Ms }),
+		WallMs:         f(func(s Sample) float64 { return s.WallMs }),
+		Txns:           int64(f(func(s Sample) float64 { return float64(s.Txns) })),
+		SyscallsPerTxn: f(func(s Sample) float64 { return s.SyscallsPerTxn }),
 	}
 	for _, s := range runs {
+		if m.SyscallTop == "" {
+			m.SyscallTop = s.SyscallTop
+		}
 		m.Failures = max(m.Failures, s.Failures)
 		if m.Err == "" {
 			m.Err = s.Err
@@ -340,6 +347,18 @@ func (r *Report) Markdown() string {
 			note(s)
 		}
 		w("\n")
+		if r.Find(2, "syscalls simple", Pgsluice) != nil {
+			w("System calls per transaction (strace -c -f on the proxy, 50 clients, 100 transactions each; counts only, strace slows the process):\n\n")
+			w("| -M | target | syscalls/txn | most frequent (per txn) |\n|---|---|---:|---|\n")
+			for _, mode := range []string{"simple", "extended"} {
+				for _, tn := range proxies {
+					if c := r.Find(2, "syscalls "+mode, tn); c != nil && len(c.Runs) > 0 {
+						w("| %s | %s | %.2f | %s |\n", mode, tn, c.Median.SyscallsPerTxn, c.Median.SyscallTop)
+					}
+				}
+			}
+			w("\n")
+		}
 	}
 	if has(3) {
 		w("### 3. Many clients on a pool of %d (-M extended)\n\n", r.Config.PoolSize)

@@ -38,6 +38,7 @@ func run() int {
 	runs := flag.Int("runs", 0, "interleaved runs per case (default: 1 quick, 3 full; scenario 2 always >= 3)")
 	idle := flag.Int("idle", 0, "idle clients in scenario 5 (default 5000)")
 	auth := flag.String("auth", "scram-sha-256", "client authentication of both proxies: scram-sha-256 or md5")
+	syscalls := flag.Bool("syscalls", false, "also count the proxies' system calls per transaction with strace -c (scenario 2)")
 	timeout := flag.Duration("timeout", 0, "abort the whole run after this long (default: 4m quick, 15m full)")
 	flag.Parse()
 
@@ -65,6 +66,7 @@ func run() int {
 		return 2
 	}
 	cfg.Auth = *auth
+	cfg.Syscalls = *syscalls
 	cfg.Scenarios = nil
 	for _, s := range strings.Split(*scenarios, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))

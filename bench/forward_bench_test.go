@@ -1,0 +1,110 @@
+package bench_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsluice/pgsluice/bench"
+	"github.com/pgsluice/pgsluice/deploy/local"
+)
+
+// The forwarding-loop benchmarks run `SELECT 1` round trips through an
+// in-process pgsluice (proxy.New + Serve, pool of 20, transaction mode) and,
+// for reference, directly against the same PostgreSQL. The difference
+// between the pgsluice and direct ns/op is what the proxy adds per round
+// trip; profile it with
+//
+//	go test ./bench -run '^$' -bench 'RoundTrip/pgsluice' -cpuprofile cpu.prof
+//	go tool pprof -top -focus 'pgsluice/proxy' cpu.prof
+
+func targets(b *testing.B) map[string]string {
+	c, proxyAddr := env(b)
+	return map[string]string{"direct": c.Primary.Addr(), "pgsluice": proxyAddr}
+}
+
+// BenchmarkRoundTrip: one client, sequential round trips.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, tn := range []string{"direct", "pgsluice"} {
+		for _, proto := range []string{"simple", "extended"} {
+			b.Run(tn+"/"+proto, func(b *testing.B) {
+				ctx := context.Background()
+				conn, err := pgconn.Connect(ctx, dsn(targets(b)[tn]))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer conn.Close(ctx)
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if err := roundTrip(ctx, conn, proto); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
+
+func roundTrip(ctx context.Context, conn *pgconn.PgConn, proto string) error {
+	if proto == "simple" {
+		_, err := conn.Exec(ctx, "SELECT 1").ReadAll()
+		return err
+	}
+	return conn.ExecParams(ctx, "SELECT 1", nil, nil, nil, nil).Read().Err
+}
+
+// BenchmarkRoundTripParallel: GOMAXPROCS*4 clients on a pool of 20, the
+// pool contended as in scenario 2.
+func BenchmarkRoundTripParallel(b *testing.B) {
+	for _, tn := range []string{"direct", "pgsluice"} {
+		b.Run(tn+"/extended", func(b *testing.B) {
+			addr := targets(b)[tn]
+			var failed atomic.Value
+			b.SetParallelism(4)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := context.Background()
+				conn, err := pgconn.Connect(ctx, dsn(addr))
+				if err != nil {
+					failed.CompareAndSwap(nil, err)
+					for pb.Next() {
+					}
+					return
+				}
+				defer conn.Close(ctx)
+				for pb.Next() {
+					if err := roundTrip(ctx, conn, "extended"); err != nil {
+						failed.CompareAndSwap(nil, err)
+					}
+				}
+			})
+			if err := failed.Load(); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// BenchmarkLogin: a full login (SCRAM-SHA-256) and Terminate per op, with
+// the client's PBKDF2 cached (bench.ScramCache) so ns/op is the server
+// side's cost plus the network.
+func BenchmarkLogin(b *testing.B) {
+	for _, tn := range []string{"direct", "pgsluice"} {
+		b.Run(tn, func(b *testing.B) {
+			addr := targets(b)[tn]
+			cache := &bench.ScramCache{}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				c, err := bench.ConnectRaw(ctx, addr, local.AppUser, local.AppPassword, local.AppDatabase, cache)
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
+	}
+}
