@@ -233,3 +233,10 @@ func (rc *RawConn) Close() error {
 	_, _ = rc.conn.Write([]byte{'X', 0, 0, 0, 4})
 	return rc.conn.Close()
 }
+
+// Len returns how many derived key sets the cache holds.
+func (c *ScramCache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
