@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what `make test`, `make demo` and `make bench` need and the machine
 # lacks: PostgreSQL 15 server programs (initdb, pg_ctl, pg_basebackup,
-# pgbench), psql, redis-server and pgbouncer, from Debian's packages.
+# pgbench), psql, redis-server and pgbouncer, and the client libraries of the
+# proxy's driver matrix (proxy/drivers_test.go): psycopg2 for the system
+# python3, a JDK with the PostgreSQL JDBC driver, and node with npm, from
+# Debian's packages.
 # Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
@@ -17,6 +20,12 @@ done
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+# Client matrix. The tests use /usr/bin/python3 (not a pyenv/venv python).
+/usr/bin/python3 -c 'import psycopg2' >/dev/null 2>&1 || need+=(python3-psycopg2)
+command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
