@@ -481,12 +481,16 @@ func (r *runner) scenario2(ctx context.Context) error {
 	return nil
 }
 
-// scenario3: many clients on a small pool.
+// scenario3: many clients on a small pool. A 50-client case measured the
+// same way (pgbench --log, steady window) is the reference for the
+// "TPS at N ÷ TPS at 50" ratio.
 func (r *runner) scenario3(ctx context.Context) error {
-	for _, n := range r.cfg.BigClients {
+	for _, n := range append([]int{50}, r.cfg.BigClients...) {
 		name := fmt.Sprintf("%d clients", n)
 		r.logf("scenario 3: %s, pool %d, -M extended", name, r.cfg.PoolSize)
-		r.na(3, name, Direct, "max_connections=300")
+		if n >= 300 {
+			r.na(3, name, Direct, "max_connections=300")
+		}
 		if err := r.interleave(3, name, proxies, r.cfg.Runs, func(t Target) (Sample, error) {
 			return r.pgbench(ctx, t, "extended", n, r.cfg.Duration, false, true)
 		}); err != nil {

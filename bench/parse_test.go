@@ -173,6 +173,7 @@ func sampleReport() *Report {
 			add(2, mode, PgBouncer, Sample{TPS: 20000, CPUPerTxnUs: 20})
 		}
 	}
+	add(3, "50 clients", Pgsluice, Sample{TPS: 25000, P50us: 100, P99us: 150})
 	r.Cases = append(r.Cases, &Case{Scenario: 3, Name: "2000 clients", Target: Direct, NA: "max_connections=300"})
 	add(3, "2000 clients", Pgsluice, Sample{TPS: 22000, P50us: 1000, P99us: 1400})
 	add(4, "churn", PgBouncer, Sample{TPS: 300})
