@@ -2,8 +2,10 @@ package bench_test
 
 import (
 	"context"
+	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -106,5 +108,41 @@ func BenchmarkLogin(b *testing.B) {
 				c.Close()
 			}
 		})
+	}
+}
+
+// BenchmarkIdleClientMemory opens 1,000 idle clients through the
+// in-process pgsluice per iteration and reports what one idle client costs
+// in Go heap (in use, after a GC) and goroutine stacks. The harness's
+// scenario 5 measures the same thing as RSS of the real binary; this
+// breaks it down. Run it with -benchtime 1x.
+func BenchmarkIdleClientMemory(b *testing.B) {
+	_, addr := env(b)
+	const n = 1000
+	ctx := context.Background()
+	cache := &bench.ScramCache{}
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		conns := make([]*bench.RawConn, 0, n)
+		for j := 0; j < n; j++ {
+			c, err := bench.ConnectRaw(ctx, addr, local.AppUser, local.AppPassword, local.AppDatabase, cache)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Idle()
+			conns = append(conns, c)
+		}
+		time.Sleep(200 * time.Millisecond)
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		// The idle RawConns (a net.Conn each, a few hundred bytes) live in
+		// this process too and are included.
+		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/n, "heap-B/client")
+		b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stack-B/client")
+		for _, c := range conns {
+			c.Close()
+		}
 	}
 }

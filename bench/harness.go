@@ -46,6 +46,10 @@ type Config struct {
 	// Syscalls counts the proxies' system calls per transaction with
 	// strace -c in scenario 2 (one extra run per protocol and proxy).
 	Syscalls bool
+	// PerfDir, when set, profiles both proxies with perf record during one
+	// extra scenario-2 extended run each and writes the flat profiles
+	// there.
+	PerfDir string
 	// Logf receives progress lines; nil discards them.
 	Logf func(format string, args ...any)
 }
@@ -63,13 +67,15 @@ func QuickConfig() Config {
 }
 
 // FullConfig is `make bench`: three interleaved runs of everything, longer
-// runs; under fifteen minutes.
+// runs, plus system calls per transaction counted with strace when it is
+// installed; under fifteen minutes.
 func FullConfig() Config {
 	c := QuickConfig()
 	c.Duration = 6 * time.Second
 	c.LatencyDuration = 4 * time.Second
 	c.Runs = 3
 	c.Runs2 = 3
+	c.Syscalls = true
 	return c
 }
 
@@ -79,8 +85,11 @@ type runner struct {
 	cluster *local.Cluster
 	targets map[string]Target
 	procs   map[string]*Proc
-	login   Login
-	logDir  string
+	// fresh starts a new instance of a proxy, configured as the main one
+	// (scenario 5 measures memory on a process nothing else has used).
+	fresh  map[string]func(ctx context.Context, run int) (*Proc, Target, error)
+	login  Login
+	logDir string
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -112,7 +121,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 		defer os.RemoveAll(work)
 	}
-	r := &runner{cfg: cfg, rep: rep, targets: map[string]Target{}, procs: map[string]*Proc{}, logDir: filepath.Join(work, "pgbench")}
+	r := &runner{cfg: cfg, rep: rep, targets: map[string]Target{}, procs: map[string]*Proc{}, fresh: map[string]func(context.Context, int) (*Proc, Target, error){}, logDir: filepath.Join(work, "pgbench")}
 
 	r.logf("bench: starting PostgreSQL 15 (max_connections=300)")
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -151,17 +160,23 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	maxClients := max(cfg.IdleClients, cfg.StormClients, slices.Max(append([]int{0}, cfg.BigClients...))) + 1000
 	r.logf("bench: starting PgBouncer (transaction pooling, pool %d, %s, backlog %d)", cfg.PoolSize, cfg.Auth, backlog)
-	pgb, t, err := StartPgBouncer(sctx, PgBouncerConfig{
+	pgbCfg := PgBouncerConfig{
 		Bin: cfg.PgBouncerBin, Dir: filepath.Join(work, "pgbouncer"), ServerHost: p.Host, ServerPort: p.Port,
 		DB: local.AppDatabase, User: local.AppUser, Password: local.AppPassword, AuthFileSecret: secret,
 		AuthType: cfg.Auth, PoolSize: cfg.PoolSize, MaxClientConn: maxClients, ListenBacklog: backlog,
-	})
+	}
+	pgb, t, err := StartPgBouncer(sctx, pgbCfg)
 	if err != nil {
 		return rep, err
 	}
 	defer pgb.Stop(5 * time.Second)
 	r.targets[PgBouncer] = t
 	r.procs[PgBouncer] = pgb
+	r.fresh[PgBouncer] = func(ctx context.Context, run int) (*Proc, Target, error) {
+		c := pgbCfg
+		c.Dir = filepath.Join(work, fmt.Sprintf("pgbouncer-fresh-%d", run))
+		return StartPgBouncer(ctx, c)
+	}
 	rep.Machine.NofilePgBouncer = nofileLimit(t.PID)
 
 	variants := []struct {
@@ -176,11 +191,19 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	for i, v := range variants {
 		r.logf("bench: starting %s (%s)", v.name, cfg.PgsluiceBin)
-		ps, t, err := StartPgsluice(sctx, PgsluiceConfig{
+		psCfg := PgsluiceConfig{
 			Bin: cfg.PgsluiceBin, Name: v.name, LogPath: filepath.Join(work, fmt.Sprintf("pgsluice-%d.log", i)),
 			ServerHost: p.Host, ServerPort: p.Port, User: local.AppUser, Password: local.AppPassword, DB: local.AppDatabase,
 			AuthMethod: cfg.Auth, PoolSize: cfg.PoolSize, MaxClientConn: maxClients, Env: v.env,
-		})
+		}
+		if i == 0 {
+			r.fresh[Pgsluice] = func(ctx context.Context, run int) (*Proc, Target, error) {
+				c := psCfg
+				c.LogPath = filepath.Join(work, fmt.Sprintf("pgsluice-fresh-%d.log", run))
+				return StartPgsluice(ctx, c)
+			}
+		}
+		ps, t, err := StartPgsluice(sctx, psCfg)
 		if err != nil {
 			return rep, err
 		}
@@ -446,6 +469,23 @@ func (r *runner) scenario2(ctx context.Context) error {
 			return err
 		}
 	}
+	if r.cfg.PerfDir != "" {
+		if _, err := exec.LookPath("perf"); err != nil {
+			r.logf("scenario 2: no perf, not profiling")
+		} else {
+			for _, tn := range proxies {
+				t := r.targets[tn]
+				path, err := perfProfile(ctx, r.cfg.PerfDir, tn, t.PID, r.cfg.Duration, func() error {
+					_, err := r.pgbench(ctx, t, "extended", 50, r.cfg.Duration, false, false)
+					return err
+				})
+				if err != nil {
+					return err
+				}
+				r.logf("  %-22s perf profile: %s", tn, path)
+			}
+		}
+	}
 	if !r.cfg.Syscalls {
 		return nil
 	}
@@ -533,22 +573,48 @@ func (r *runner) scenario4(ctx context.Context) error {
 	})
 }
 
-// scenario5: idle clients, RSS per client.
+// scenario5: idle clients, RSS per client. Each run starts a fresh
+// instance of the proxy (same configuration) so that memory freed by earlier
+// scenarios, which a process keeps and reuses, does not hide the cost; one
+// client logs in and runs a query first, so the pool and the runtime are
+// warm and only the idle clients' own memory is measured.
 func (r *runner) scenario5(ctx context.Context) error {
 	name := fmt.Sprintf("%d idle", r.cfg.IdleClients)
-	r.logf("scenario 5: %s clients", name)
+	r.logf("scenario 5: %s clients, a fresh proxy process per run", name)
 	r.na(5, name, Direct, "max_connections=300")
-	return r.interleave(5, name, proxies, r.cfg.Runs, func(t Target) (Sample, error) {
+	run := 0
+	return r.interleave(5, name, proxies, r.cfg.Runs, func(main Target) (Sample, error) {
+		run++
+		p, t, err := r.fresh[main.Name](ctx, run)
+		if err != nil {
+			return Sample{}, err
+		}
+		defer p.Stop(10 * time.Second)
+		if err := warmOne(ctx, t.Addr(), r.login); err != nil {
+			return Sample{}, err
+		}
 		res, err := Idle(ctx, t.PID, t.Addr(), r.login, r.cfg.IdleClients, 64, 2*time.Second)
 		if err != nil {
 			return Sample{}, err
 		}
 		r.logf("  %-22s idle: %d connected in %v, RSS %d -> %d KiB, %.2f KiB/client %s",
 			t.Name, res.Connected, res.ConnectDuration.Round(time.Millisecond), res.RSSBeforeKiB, res.RSSAfterKiB, res.PerClientKiB, res.FirstErr)
-		time.Sleep(time.Second) // let the proxy close the sessions
 		return Sample{RSSKiB: res.RSSAfterKiB, RSSBeforeKiB: res.RSSBeforeKiB, PerClientKiB: res.PerClientKiB,
 			Txns: int64(res.Connected), Failures: int64(res.Clients - res.Connected), Err: res.FirstErr, Load: LoadAvg()}, nil
 	})
+}
+
+// warmOne logs in once and runs a query, so a fresh proxy has a server
+// connection and a warm runtime before its memory is measured.
+func warmOne(ctx context.Context, addr string, l Login) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := ConnectRaw(cctx, addr, l.User, l.Password, l.DB, l.Cache)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.SimpleQuery(cctx, "SELECT 1")
 }
 
 // scenario6: the result cache is not wired into the proxy yet.
