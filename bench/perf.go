@@ -13,9 +13,9 @@ import (
 )
 
 // perfProfile samples pid with `perf record` (software cpu-clock, 999 Hz,
-// kernel and user stacks) while fn runs, and writes the flat symbol
-// profile (`perf report --no-children --sort dso,symbol`) to
-// dir/name.perf.txt. It returns the path of that file.
+// kernel and user stacks) while fn runs, and writes the flat profiles by
+// binary and by symbol (`perf report --no-children --sort dso` and
+// `--sort dso,symbol`) to dir/name.perf.txt. It returns the path of that file.
 func perfProfile(ctx context.Context, dir, name string, pid int, d time.Duration, fn func() error) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
@@ -38,10 +38,14 @@ func perfProfile(ctx context.Context, dir, name string, pid int, d time.Duration
 	if werr != nil {
 		return "", fmt.Errorf("perf record: %v: %s", werr, recOut.String())
 	}
-	out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
-		"--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.7").Output()
-	if err != nil {
-		return "", fmt.Errorf("perf report: %w", err)
+	var out []byte
+	for _, sortBy := range []string{"dso", "dso,symbol"} {
+		o, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--stdio", "--no-children",
+			"--sort", sortBy, "-g", "none", "--percent-limit", "0.5").Output()
+		if err != nil {
+			return "", fmt.Errorf("perf report: %w", err)
+		}
+		out = append(out, o...)
 	}
 	txt := base + ".perf.txt"
 	if err := os.WriteFile(txt, out, 0o644); err != nil {
