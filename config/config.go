@@ -112,6 +112,29 @@ type RoutingConfig struct {
 	Enabled bool `mapstructure:"enabled" yaml:"enabled"`
 	// ShapeCacheSize bounds the classifier's cache of query shapes.
 	ShapeCacheSize int `mapstructure:"shape_cache_size" yaml:"shape_cache_size"`
+	// HealthInterval is how often each node is checked (recovery state,
+	// WAL positions).
+	HealthInterval time.Duration `mapstructure:"health_interval" yaml:"health_interval"`
+	// MaxReplicaLag takes a replica out of rotation when it is more than
+	// this many bytes of WAL behind the primary (0: no byte bound).
+	MaxReplicaLag ByteSize `mapstructure:"max_replica_lag" yaml:"max_replica_lag"`
+	// MaxReplicaLagTime does the same by replay delay (0: no time bound).
+	MaxReplicaLagTime time.Duration `mapstructure:"max_replica_lag_time" yaml:"max_replica_lag_time"`
+	// PrimaryReads lets the primary take reads alongside the replicas.
+	PrimaryReads bool `mapstructure:"primary_reads" yaml:"primary_reads"`
+	// ReadYourWrites is the scope in which a client's committed writes are
+	// visible to its later reads: connection | user | off.
+	ReadYourWrites string `mapstructure:"read_your_writes" yaml:"read_your_writes"`
+	// Monitor is the role the health checks log in as; empty user means
+	// the first of auth.users.
+	Monitor MonitorConfig `mapstructure:"monitor" yaml:"monitor"`
+}
+
+// MonitorConfig is the login of the node health monitor.
+type MonitorConfig struct {
+	User     string `mapstructure:"user" yaml:"user"`
+	Password Secret `mapstructure:"password" yaml:"password"`
+	Database string `mapstructure:"database" yaml:"database"`
 }
 
 // LogConfig configures the structured logger.

@@ -43,8 +43,16 @@ func Default() Config {
 		Primary: Node{Port: 5432, Weight: 1},
 		Auth:    AuthConfig{Method: AuthSCRAM},
 		TLS:     TLSConfig{Server: "prefer"},
-		Routing: RoutingConfig{Enabled: true, ShapeCacheSize: 10000},
-		Log:     LogConfig{Level: "info", Format: "text"},
+		Routing: RoutingConfig{
+			Enabled:           true,
+			ShapeCacheSize:    10000,
+			HealthInterval:    500 * time.Millisecond,
+			MaxReplicaLag:     64 << 20,
+			MaxReplicaLagTime: 30 * time.Second,
+			ReadYourWrites:    "connection",
+			Monitor:           MonitorConfig{Database: "postgres"},
+		},
+		Log: LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -339,6 +347,17 @@ func (c Config) Validate() error {
 	case "disable", "prefer", "require":
 	default:
 		add("tls.server", "want disable, prefer or require, got %q", c.TLS.Server)
+	}
+	switch c.Routing.ReadYourWrites {
+	case "connection", "user", "off":
+	default:
+		add("routing.read_your_writes", "want connection, user or off, got %q", c.Routing.ReadYourWrites)
+	}
+	if c.Routing.HealthInterval < 10*time.Millisecond {
+		add("routing.health_interval", "want at least 10ms, got %s", c.Routing.HealthInterval)
+	}
+	if c.Routing.MaxReplicaLag < 0 || c.Routing.MaxReplicaLagTime < 0 {
+		add("routing.max_replica_lag", "want >= 0")
 	}
 	if c.Routing.ShapeCacheSize < 1 {
 		add("routing.shape_cache_size", "want >= 1, got %d", c.Routing.ShapeCacheSize)

@@ -88,13 +88,23 @@ func (s *session) skippingNow() bool {
 }
 
 // lockAttached attaches a server connection and returns it with mu held.
-func (s *session) lockAttached() (*backend, error) {
+// A statement that needs the primary while the session is attached to a
+// replica outside a transaction (a pipelined write after a read) waits for
+// that connection to be released, then attaches to the primary.
+func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 	for {
-		if err := s.attach(); err != nil {
+		if err := s.attach(d); err != nil {
 			return nil, err
 		}
 		s.mu.Lock()
+		for s.b != nil && d != nil && s.node != nil && s.node != s.srv.topo.writer() && s.txStatus == 'I' &&
+			s.pinned == routing.PinNone && s.fatal == nil && (d.Target == routing.TargetPrimary || s.routeOverride == "primary" || d.Hints.Route == "primary") {
+			s.cond.Wait()
+		}
 		if s.b != nil {
+			if d != nil && writesData(d) {
+				s.wrote = true
+			}
 			return s.b, nil
 		}
 		s.mu.Unlock()
@@ -152,7 +162,7 @@ func (s *session) ensureUnnamedLocked(b *backend) {
 
 // forwardRaw sends a message the server will ignore (skip mode), with no op.
 func (s *session) forwardRaw(typ byte, body []byte) error {
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(nil)
 	if err != nil {
 		return s.localError(err, false)
 	}
@@ -172,6 +182,9 @@ func (s *session) handleParse(body []byte) error {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Parse message"), false)
 	}
 	d := s.srv.classify(string(query))
+	if d.Reason == routing.ReasonHintRejected {
+		return s.localError(errWriteToReplica, false)
+	}
 	if d.Pin != routing.PinNone {
 		s.pin(d.Pin)
 	}
@@ -203,7 +216,7 @@ func (s *session) handleParse(body []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(unnamedDecision(pn, &d))
 	if err != nil {
 		return s.localError(err, false)
 	}
@@ -275,7 +288,7 @@ func (s *session) handleBind(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Bind message"), false)
 	}
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(s.stmtDecision(stmt))
 	if err != nil {
 		return s.localError(err, false)
 	}
@@ -300,7 +313,7 @@ func (s *session) handleDescribe(body []byte) error {
 	if !ok || len(rest) != 0 {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Describe message"), false)
 	}
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(describeDecision(s, body[0], name))
 	if err != nil {
 		return s.localError(err, false)
 	}
@@ -325,7 +338,7 @@ func (s *session) handleExecute(body []byte) error {
 	if s.lastBound != nil {
 		o.sets = effects(&s.lastBound.decision)
 	}
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(nil)
 	if err != nil {
 		return s.localError(err, false)
 	}
@@ -357,7 +370,7 @@ func (s *session) handleClose(body []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(nil)
 	if err != nil {
 		return s.localError(err, false)
 	}
@@ -382,10 +395,16 @@ func (s *session) handleQuery(body []byte) error {
 		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Query message")
 	}
 	d := s.srv.classify(string(body[:len(body)-1]))
+	if d.Reason == routing.ReasonHintRejected {
+		return s.localError(errWriteToReplica, true)
+	}
+	if len(d.Sets) == 1 && d.Sets[0].Name == "pgsluice.route" && d.Statements == 1 {
+		return s.setRoute(d.Sets[0])
+	}
 	if d.Pin != routing.PinNone {
 		s.pin(d.Pin)
 	}
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(&d)
 	if err != nil {
 		return s.localError(err, true)
 	}
@@ -414,4 +433,34 @@ func (s *session) pin(r routing.PinReason) {
 	if first {
 		s.srv.m.pins.WithLabelValues(r.String()).Inc()
 	}
+}
+
+// unnamedDecision routes on an unnamed Parse (it is executed next); a named
+// Parse routes nothing.
+func unnamedDecision(name string, d *routing.Decision) *routing.Decision {
+	if name == "" {
+		return d
+	}
+	return nil
+}
+
+// stmtDecision returns the routing decision of a client statement.
+func (s *session) stmtDecision(name []byte) *routing.Decision {
+	var info *stmtInfo
+	if len(name) == 0 {
+		info = s.unnamed
+	} else {
+		info = s.stmts[string(name)]
+	}
+	if info == nil {
+		return nil
+	}
+	return &info.decision
+}
+
+func describeDecision(s *session, kind byte, name []byte) *routing.Decision {
+	if kind != 'S' {
+		return nil
+	}
+	return s.stmtDecision(name)
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,6 +19,22 @@ type metrics struct {
 	pins            *prometheus.CounterVec
 	errors          *prometheus.CounterVec
 	cancels         prometheus.Counter
+	decisions       *prometheus.CounterVec
+	// decisionCache holds the decision counters by label pair, so the hot
+	// path does no label hashing.
+	decisionCache sync.Map // [2]string -> prometheus.Counter
+}
+
+// routed counts one routing decision.
+func (m *metrics) routed(_ bool, target, reason string) {
+	k := [2]string{target, reason}
+	if c, ok := m.decisionCache.Load(k); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c := m.decisions.WithLabelValues(target, reason)
+	m.decisionCache.Store(k, c)
+	c.Inc()
 }
 
 func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
@@ -53,9 +71,12 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 		cancels: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgsluice_cancel_requests_total", Help: "Cancel requests forwarded to a server.",
 		}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgsluice_routing_decisions_total", Help: "Transactions routed, by target node role and the reason of the statement that started them.",
+		}, []string{"target", "reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.clients, m.rejected, m.authFailures, m.acquireWait, m.acquireTimeouts,
-		m.serverConnects, m.connectErrors, m.pins, m.errors, m.cancels, &poolCollector{srv: srv}} {
+		m.serverConnects, m.connectErrors, m.pins, m.errors, m.cancels, m.decisions, &poolCollector{srv: srv}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -274,6 +274,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 			wire.WriteMessage(s.w, 'Z', body)
 			s.txStatus = status
 			s.txn.ready(status, s.settings, b)
+			s.noteReadyLocked(status)
 		}
 		if x.kind == opSync || x.kind == opQuery {
 			s.skipping = false

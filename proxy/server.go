@@ -37,6 +37,8 @@ type Server struct {
 	m          *metrics
 	gatherer   prometheus.Gatherer
 	classifier *routing.Classifier
+	topo       *topology
+	topoOnce   sync.Once
 	tlsConfig  *tls.Config
 	requireTLS bool
 
@@ -95,6 +97,9 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.m = m
+	if s.topo, err = newTopology(&cfg, log, reg); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -120,6 +125,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
+	s.topoOnce.Do(s.topo.start)
 	var tempDelay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -340,11 +346,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 	}
-	s.wg.Wait()
+	if err != nil {
+		// Forced: wait for the sessions to notice their closed sockets,
+		// but not forever.
+		waited := make(chan struct{})
+		go func() { s.wg.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(5 * time.Second):
+			s.log.Warn("shutdown: some sessions did not exit")
+		}
+	} else {
+		s.wg.Wait()
+	}
 	s.mu.Lock()
 	for _, p := range s.pools {
 		p.close()
 	}
 	s.mu.Unlock()
+	s.topoOnce.Do(func() {})
+	s.topo.close()
 	return err
 }

@@ -45,9 +45,14 @@ type session struct {
 	r    *bufio.Reader // client reader: session goroutine only
 
 	user, database string
-	admitted       bool // counted against pool.max_client_conn
-	pool           *pool
-	settings       *settings // session goroutine writes under mu; pump reads under mu
+	admitted       bool       // counted against pool.max_client_conn
+	pool           *pool      // the writer's pool of (database, user): logins
+	node           *node      // node of the attached server connection (mu)
+	cond           *sync.Cond // signalled on release and ReadyForQuery (mu)
+	routeOverride  string     // SET pgsluice.route: "", "primary" or "replica"
+	wrote          bool       // the current transaction may have written (mu)
+	lastWrite      time.Time  // when a transaction of this client that wrote committed (mu)
+	settings       *settings  // session goroutine writes under mu; pump reads under mu
 	key            cancelKey
 
 	mu       sync.Mutex
@@ -195,24 +200,34 @@ func (s *session) handle(typ byte, body []byte) error {
 	}
 }
 
-// attach makes sure a server connection is attached, acquiring one from the
-// pool if needed and replaying the session's settings onto it. Called by
-// the session goroutine without mu held.
-func (s *session) attach() error {
+// attach makes sure a server connection is attached, choosing the node for
+// the statement that starts the transaction (d; nil for messages that
+// carry no statement), acquiring a connection from that node's pool and
+// replaying the session's settings onto it. Called by the session goroutine
+// without mu held.
+func (s *session) attach(d *routing.Decision) error {
 	s.mu.Lock()
 	if s.b != nil {
 		s.mu.Unlock()
 		return nil
 	}
 	s.mu.Unlock()
+	p, n := s.choose(d)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.AcquireTimeout+s.cfg.Pool.ConnectTimeout)
-	b, err := s.pool.acquire(ctx)
+	b, err := p.acquire(ctx)
 	cancel()
 	if err != nil {
+		if n != s.srv.topo.writer() && !errors.Is(err, pgerr.ErrAcquireTimeout) {
+			// A replica we cannot reach: take it out of rotation and
+			// read from the primary.
+			s.srv.topo.markDown(n)
+			return s.attach(nil)
+		}
 		return err
 	}
 	s.mu.Lock()
 	s.b = b
+	s.node = n
 	s.setStateLocked(stateBusy)
 	done := make(chan struct{})
 	s.pumpDone = done
@@ -267,7 +282,7 @@ func (s *session) pushLocked(o op) {
 // forwardWithOp sends the message unchanged, queueing o; endsCycle marks
 // Sync-like messages that start a new cycle.
 func (s *session) forwardWithOp(typ byte, body []byte, o op, endsCycle bool) error {
-	b, err := s.lockAttached()
+	b, err := s.lockAttached(nil)
 	if err != nil {
 		return s.localError(err, endsCycle)
 	}
@@ -406,7 +421,8 @@ func (s *session) maybeReleaseLocked() {
 	b := s.b
 	s.b = nil
 	s.setStateLocked(stateIdle)
-	s.pool.release(b)
+	b.pool.release(b)
+	s.cond.Broadcast()
 }
 
 // safeToReleaseLocked is the one rule for giving a server connection back
@@ -486,7 +502,7 @@ func (s *session) cleanup() {
 		if b.unnamedBy == s {
 			b.unnamedBy = nil
 		}
-		s.pool.release(b)
+		b.pool.release(b)
 	}
 	if s.key != (cancelKey{}) {
 		s.srv.cancels.Delete(s.key)

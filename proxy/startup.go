@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -124,7 +125,7 @@ func (s *session) startup(ctx context.Context) error {
 		return err
 	}
 	password, _ := s.cfg.UserPassword(s.user)
-	s.pool = s.srv.poolFor(s.database, s.user, password, s.cfg.Primary.Addr())
+	s.pool = s.srv.poolFor(s.database, s.user, password, s.srv.topo.writer().addr)
 
 	// A first server connection proves the database and user exist (its
 	// refusal reaches the client verbatim) and tells us the parameters to
@@ -194,6 +195,7 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 	if s.cfg.Pool.Mode == config.ModeSession {
 		s.mu.Lock()
 		s.b = b
+		s.node = s.srv.topo.writer()
 		s.setStateLocked(stateBusy)
 		done := make(chan struct{})
 		s.pumpDone = done
@@ -232,6 +234,7 @@ func newSession(srv *Server, c net.Conn) *session {
 		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),
 	}
+	s.cond = sync.NewCond(&s.mu)
 	s.trace = s.log.Enabled(context.Background(), slog.LevelDebug)
 	if s.trace {
 		s.log = s.log.With("client", c.RemoteAddr().String())

@@ -27,6 +27,8 @@ command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
