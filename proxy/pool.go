@@ -39,6 +39,8 @@ type pool struct {
 	// login whose settings were seen before needs no server connection.
 	// Guarded by mu; bounded (cleared when it grows past 1000 entries).
 	params map[string]map[string]string
+	// loginMu serialises logins that miss the params cache.
+	loginMu sync.Mutex
 
 	stop chan struct{}
 }

@@ -165,6 +165,14 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 		if params, ok := s.pool.cachedParams(s.settings.sig); ok {
 			return params, nil
 		}
+		// A storm of first logins with the same settings: one learns the
+		// parameters, the others wait for it instead of each queueing for
+		// a server connection.
+		s.pool.loginMu.Lock()
+		defer s.pool.loginMu.Unlock()
+		if params, ok := s.pool.cachedParams(s.settings.sig); ok {
+			return params, nil
+		}
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/pgsluice/pgsluice/proxy/pgerr"
 )
@@ -148,11 +149,41 @@ func newSCRAMServer(user, password string, doomed bool) (*SCRAMServer, error) {
 		return nil, err
 	}
 	s := &SCRAMServer{user: user, salt: userSalt(user), iterations: SCRAMIterations, doomed: doomed, serverNonce: nonce}
+	ck := keyCacheKey(user, password, doomed)
+	if k, ok := keyCache.Load(ck); ok {
+		kk := k.([2][]byte)
+		s.storedKey, s.serverKey = kk[0], kk[1]
+		return s, nil
+	}
 	s.storedKey, s.serverKey, _, err = scramKeys(password, s.salt, s.iterations)
 	if err != nil {
 		return nil, err
 	}
+	if keyCacheLen.Add(1) <= 10000 {
+		keyCache.Store(ck, [2][]byte{s.storedKey, s.serverKey})
+	}
 	return s, nil
+}
+
+// keyCache holds derived SCRAM keys so that PBKDF2 (4096 iterations, about
+// a millisecond) runs once per (user, password) per process instead of once
+// per login: connection storms are otherwise CPU-bound on it. Unknown users
+// (doomed exchanges) are cached by user name too, so both cost the same and
+// timing does not reveal which users exist. Bounded at 10000 entries.
+var (
+	keyCache    sync.Map
+	keyCacheLen atomic.Int64
+)
+
+func keyCacheKey(user, password string, doomed bool) [32]byte {
+	if doomed {
+		password = ""
+	}
+	d := byte(0)
+	if doomed {
+		d = 1
+	}
+	return sha256.Sum256(append(append(append([]byte(user), 0, d), password...), 0))
 }
 
 // ServerFirst parses the client-first-message (the data of the client's
