@@ -26,7 +26,7 @@ vet:
 # replica + Redis, started on free loopback ports), with -race, then a short
 # run of each fuzzer.
 test: deps vet
-	$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) ./...
+	$(GO) test -race -count=1 -p 1 -timeout $(TESTTIMEOUT) ./...
 	$(MAKE) fuzz-short
 
 # fuzz-short runs every Fuzz target briefly; crashers land in testdata/fuzz.
