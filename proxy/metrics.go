@@ -26,7 +26,7 @@ type metrics struct {
 }
 
 // routed counts one routing decision.
-func (m *metrics) routed(_ bool, target, reason string) {
+func (m *metrics) routed(target, reason string) {
 	k := [2]string{target, reason}
 	if c, ok := m.decisionCache.Load(k); ok {
 		c.(prometheus.Counter).Inc()

@@ -133,7 +133,6 @@ const healthSQL = `SELECT pg_catalog.pg_is_in_recovery(),
 // watch checks one node every routing.health_interval until close.
 func (t *topology) watch(n *node, user, password string) {
 	defer t.wg.Done()
-	host, port, _ := strings.Cut(n.addr, ":")
 	ssl := "prefer"
 	if t.cfg.TLS.Server == "disable" {
 		ssl = "disable"
@@ -142,8 +141,6 @@ func (t *topology) watch(n *node, user, password string) {
 	}
 	dsn := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&application_name=pgsluice_monitor&connect_timeout=2",
 		url.PathEscape(user), url.PathEscape(password), n.addr, url.PathEscape(t.cfg.Routing.Monitor.Database), ssl)
-	_ = host
-	_ = port
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {

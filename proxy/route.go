@@ -23,7 +23,7 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 	w := topo.writer()
 	writer := func() (*pool, *node) {
 		if d != nil {
-			s.srv.m.routed(w == topo.primary, "primary", d.Reason)
+			s.srv.m.routed("primary", d.Reason)
 		}
 		return s.poolOn(w), w
 	}
@@ -53,7 +53,7 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 	if n == nil {
 		return writer()
 	}
-	s.srv.m.routed(true, "replica", d.Reason)
+	s.srv.m.routed("replica", d.Reason)
 	return s.poolOn(n), n
 }
 
