@@ -103,6 +103,11 @@ type TLSConfig struct {
 	KeyFile  string `mapstructure:"key_file" yaml:"key_file"`
 	// Server is disable | prefer | require, towards backends.
 	Server string `mapstructure:"server" yaml:"server"`
+	// Client is disable | allow | require, towards clients: disable
+	// answers every SSLRequest with 'N'; allow accepts TLS when cert_file
+	// is set and plaintext too; require refuses plaintext clients with
+	// 28000 (like a hostssl-only pg_hba.conf) and needs cert_file.
+	Client string `mapstructure:"client" yaml:"client"`
 }
 
 // RoutingConfig configures read/write splitting.

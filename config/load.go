@@ -42,7 +42,7 @@ func Default() Config {
 		},
 		Primary: Node{Port: 5432, Weight: 1},
 		Auth:    AuthConfig{Method: AuthSCRAM},
-		TLS:     TLSConfig{Server: "prefer"},
+		TLS:     TLSConfig{Server: "prefer", Client: "allow"},
 		Routing: RoutingConfig{
 			Enabled:           true,
 			ShapeCacheSize:    10000,
@@ -347,6 +347,15 @@ func (c Config) Validate() error {
 	case "disable", "prefer", "require":
 	default:
 		add("tls.server", "want disable, prefer or require, got %q", c.TLS.Server)
+	}
+	switch c.TLS.Client {
+	case "disable", "allow":
+	case "require":
+		if c.TLS.CertFile == "" {
+			add("tls.client", "require needs tls.cert_file and tls.key_file")
+		}
+	default:
+		add("tls.client", "want disable, allow or require, got %q", c.TLS.Client)
 	}
 	switch c.Routing.ReadYourWrites {
 	case "connection", "user", "off":

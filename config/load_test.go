@@ -85,6 +85,16 @@ func TestLoad(t *testing.T) {
 			wantErr: []string{"idle_timeout", "max_message_size"},
 		},
 		{
+			name:    "tls.client unknown value",
+			file:    "primary: {host: x}\nauth: {method: trust}\ntls: {client: always}\n",
+			wantErr: []string{"tls.client: want disable, allow or require"},
+		},
+		{
+			name:    "tls.client require without a certificate",
+			file:    "primary: {host: x}\nauth: {method: trust}\ntls: {client: require}\n",
+			wantErr: []string{"tls.client: require needs tls.cert_file"},
+		},
+		{
 			name:    "max_message_size bounds",
 			file:    "primary: {host: x}\nauth: {method: trust}\nmax_message_size: 2GiB\n",
 			wantErr: []string{"max_message_size: want between 1KiB and 1GiB"},

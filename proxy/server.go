@@ -85,13 +85,14 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 	}
 	s.cfg.Store(&cfg)
 	s.classifier = routing.New(routing.Options{CacheSize: cfg.Routing.ShapeCacheSize})
-	if cfg.TLS.CertFile != "" {
+	if cfg.TLS.CertFile != "" && cfg.TLS.Client != "disable" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
 			return nil, err
 		}
 		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	s.requireTLS = cfg.TLS.Client == "require"
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, err
