@@ -157,6 +157,7 @@ func (p *pool) takeGrant(ctx context.Context, g grant) (*backend, error) {
 func (p *pool) open(ctx context.Context) (*backend, error) {
 	b, err := dialBackend(ctx, p)
 	if err != nil {
+		err = connectFailed(p, err)
 		p.mu.Lock()
 		p.total--
 		p.active--
