@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -28,6 +29,8 @@ type TargetConfig struct {
 	AcquireTimeout time.Duration // how long a client waits for a backend; default 10s
 	MaxClientConn  int           // client connections accepted; default 5000
 	TLS            bool          // accept TLS from clients (use testTLS's certificate)
+	// Log, when set, also receives every proxy log line at debug level.
+	Log io.Writer
 	// Tweak edits the full proxy configuration last.
 	Tweak func(*config.Config)
 }
@@ -93,6 +96,9 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 		tc.Tweak(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if tc.Log != nil {
+		log = slog.New(slog.NewTextHandler(tc.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
