@@ -1,0 +1,368 @@
+package proxy_test
+
+// Many connections (issue #7): thousands of clients held open at once and
+// a connection storm, then no goroutine or memory left behind.
+//
+//   PGSLUICE_FAULT_CONNS   clients held open at once (default 1000; make soak: 10000)
+//   PGSLUICE_STORM_SECONDS how long the storm lasts (default 2; make soak: 10)
+//   PGSLUICE_STORM_RATE    connects per second in the storm (default 2000)
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/deploy/local"
+	"github.com/pgsluice/pgsluice/proxy/auth"
+)
+
+func envInt(t testing.TB, name string, def int) int {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
+}
+
+// raiseFDLimit makes room for n more open files in this process (the
+// clients and the in-process proxy's side of each connection).
+func raiseFDLimit(t testing.TB, n uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Cur >= n {
+		return
+	}
+	want := lim
+	want.Cur = n
+	if want.Max < n {
+		want.Max = n
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+		// Not root: take what the hard limit allows.
+		want = syscall.Rlimit{Cur: lim.Max, Max: lim.Max}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil || lim.Max < n {
+			t.Fatalf("need %d open files, RLIMIT_NOFILE hard limit is %d and cannot be raised (%v): run as root, raise `ulimit -Hn`, or lower PGSLUICE_FAULT_CONNS", n, lim.Max, err)
+		}
+	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
+}
+
+// errRefused53300 marks a login refused with 53300.
+var errRefused53300 = errors.New("refused with 53300")
+
+// rawLogin logs in as app over md5 with a minimal raw client and returns
+// the open connection (ReadyForQuery received). A 53300 refusal returns
+// errRefused53300.
+func rawLogin(addr string, deadline time.Time) (net.Conn, *pgproto3.Frontend, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Until(deadline))
+	if err != nil {
+		return nil, nil, err
+	}
+	conn.SetDeadline(deadline)
+	fe := pgproto3.NewFrontend(bufio.NewReaderSize(conn, 512), conn)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": local.AppUser, "database": local.AppDatabase}})
+	if err := fe.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.AuthenticationMD5Password:
+			fe.Send(&pgproto3.PasswordMessage{Password: auth.MD5Password(local.AppUser, local.AppPassword, m.Salt)})
+			if err := fe.Flush(); err != nil {
+				conn.Close()
+				return nil, nil, err
+			}
+		case *pgproto3.ErrorResponse:
+			conn.Close()
+			if m.Code == "53300" {
+				return nil, nil, errRefused53300
+			}
+			return nil, nil, fmt.Errorf("login: %s %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			conn.SetDeadline(time.Time{})
+			return conn, fe, nil
+		}
+	}
+}
+
+// rawSelect runs SELECT n and checks the answer.
+func rawSelect(conn net.Conn, fe *pgproto3.Frontend, n int) error {
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	defer conn.SetDeadline(time.Time{})
+	fe.Send(&pgproto3.Query{String: "SELECT " + strconv.Itoa(n)})
+	if err := fe.Flush(); err != nil {
+		return err
+	}
+	got := ""
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.DataRow:
+			got = string(m.Values[0])
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("SELECT: %s %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			if got != strconv.Itoa(n) {
+				return fmt.Errorf("SELECT %d returned %q", n, got)
+			}
+			return nil
+		}
+	}
+}
+
+func heapAfterGC() uint64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// TestManyConnectionsAndStorm holds PGSLUICE_FAULT_CONNS clients logged
+// in at once (max_client_conn = that count: every one is served, the next
+// ones are refused with 53300 and a sample of the held clients still
+// queries), then runs a storm of PGSLUICE_STORM_RATE connects per second
+// against a smaller max_client_conn: every attempt is served or refused
+// with 53300, nothing else. Afterwards the goroutine count and the heap
+// (after GC) return near their baseline and no client slot stays counted.
+func TestManyConnectionsAndStorm(t *testing.T) {
+	n := envInt(t, "PGSLUICE_FAULT_CONNS", 1000)
+	stormSecs := envInt(t, "PGSLUICE_STORM_SECONDS", 2)
+	rate := envInt(t, "PGSLUICE_STORM_RATE", 2000)
+	raiseFDLimit(t, uint64(2*n+4096))
+	dsn, srv := startProxy(t, cluster, func(c *TargetConfig) {
+		c.AuthMethod = "md5"
+		c.MaxClientConn = n
+		c.Tweak = func(cfg *config.Config) { cfg.Pool.ClientLoginTimeout = time.Minute }
+	})
+	admin := serveAdmin(t, srv)
+	addr := hostPort(t, dsn)
+
+	// Warm up (first login learns the server parameters; the admin
+	// endpoint's keep-alive connection exists), then take the baseline.
+	if c, fe, err := rawLogin(addr, time.Now().Add(30*time.Second)); err != nil {
+		t.Fatal(err)
+	} else {
+		if err := rawSelect(c, fe, 1); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	waitClients(t, admin, 0)
+	baseG := runtime.NumGoroutine()
+	baseHeap := heapAfterGC()
+
+	// ---- n clients held open at once ----
+	start := time.Now()
+	held := make([]net.Conn, n)
+	fes := make([]*pgproto3.Frontend, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				c, fe, err := rawLogin(addr, time.Now().Add(2*time.Minute))
+				if err != nil {
+					select {
+					case errs <- fmt.Errorf("client %d of %d: %w", i, n, err):
+					default:
+					}
+					continue
+				}
+				held[i], fes[i] = c, fe
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	defer func() {
+		for _, c := range held {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	failed := 0
+	for err := range errs {
+		failed++
+		t.Error(err)
+	}
+	if failed > 0 {
+		t.FailNow()
+	}
+	t.Logf("%d clients logged in and held in %s (%.0f logins/s)", n, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds())
+	if got := metricSum(scrape(t, admin), "pgsluice_client_connections"); got != float64(n) {
+		t.Errorf("pgsluice_client_connections = %v with %d clients held", got, n)
+	}
+	// Beyond max_client_conn: 53300.
+	for i := 0; i < 20; i++ {
+		c, _, err := rawLogin(addr, time.Now().Add(30*time.Second))
+		if err == nil {
+			c.Close()
+			t.Fatalf("client %d beyond max_client_conn (%d) was admitted", n+i+1, n)
+		}
+		if !errors.Is(err, errRefused53300) {
+			t.Fatalf("client beyond max_client_conn: %v, want 53300", err)
+		}
+	}
+	// Held clients are still served.
+	for k := 0; k < 50; k++ {
+		i := k * (n / 50)
+		if i >= n {
+			break
+		}
+		if err := rawSelect(held[i], fes[i], i); err != nil {
+			t.Fatalf("held client %d: %v", i, err)
+		}
+	}
+	heldHeap := heapAfterGC()
+	t.Logf("heap with %d clients held: %.1f MiB (baseline %.1f MiB), %d goroutines", n, float64(heldHeap)/(1<<20), float64(baseHeap)/(1<<20), runtime.NumGoroutine())
+	for i, c := range held {
+		c.Close()
+		held[i] = nil
+	}
+	waitClients(t, admin, 0)
+
+	// ---- the storm ----
+	// Each storm client holds its connection ~200ms, so at full rate
+	// about rate/5 are logged in at once; with max_client_conn at
+	// rate/10 some are refused. Every outcome must be "served" or
+	// "refused with 53300".
+	stormDSN, stormSrv := startProxy(t, cluster, func(c *TargetConfig) {
+		c.AuthMethod = "md5"
+		c.MaxClientConn = max(rate/10, 10)
+		c.AcquireTimeout = time.Minute
+		// The storm saturates the machine (and the test shares it): no
+		// timeout may fire merely because the CPU is busy.
+		c.Tweak = func(cfg *config.Config) {
+			cfg.Pool.ConnectTimeout = time.Minute
+			cfg.Pool.ClientLoginTimeout = time.Minute
+		}
+	})
+	stormAdmin := serveAdmin(t, stormSrv)
+	stormAddr := hostPort(t, stormDSN)
+	var served, refused, other atomic.Int64
+	var otherErr atomic.Value
+	total := rate * stormSecs
+	interval := time.Second / time.Duration(rate)
+	stormStart := time.Now()
+	var swg sync.WaitGroup
+	sem := make(chan struct{}, 4096) // bound in-flight attempts (fds)
+	for i := 0; i < total; i++ {
+		if d := time.Until(stormStart.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		sem <- struct{}{}
+		swg.Add(1)
+		go func(i int) {
+			defer swg.Done()
+			defer func() { <-sem }()
+			c, fe, err := rawLogin(stormAddr, time.Now().Add(time.Minute))
+			switch {
+			case errors.Is(err, errRefused53300):
+				refused.Add(1)
+				return
+			case err != nil:
+				other.Add(1)
+				otherErr.Store(err)
+				return
+			}
+			defer c.Close()
+			if err := rawSelect(c, fe, i); err != nil {
+				other.Add(1)
+				otherErr.Store(err)
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+			fe.Send(&pgproto3.Terminate{})
+			fe.Flush()
+			served.Add(1)
+		}(i)
+	}
+	issued := time.Since(stormStart)
+	swg.Wait()
+	t.Logf("storm: %d connects issued in %s (%.0f/s): %d served, %d refused 53300, %d other",
+		total, issued.Round(time.Millisecond), float64(total)/issued.Seconds(), served.Load(), refused.Load(), other.Load())
+	if other.Load() > 0 {
+		t.Errorf("%d storm clients neither served nor refused with 53300; last: %v", other.Load(), otherErr.Load())
+	}
+	if served.Load() == 0 {
+		t.Error("storm: no client served")
+	}
+	if served.Load()+refused.Load()+other.Load() != int64(total) {
+		t.Errorf("storm: outcomes do not add up to %d", total)
+	}
+	waitClients(t, stormAdmin, 0)
+	waitPoolDrained(t, stormAdmin)
+
+	// ---- back to baseline ----
+	// The storm proxy adds its accept loop, pool janitor and admin
+	// endpoint (with its keep-alive connection) to the baseline.
+	waitGoroutines(t, baseG, 12)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		h := heapAfterGC()
+		if h <= baseHeap+24<<20 {
+			t.Logf("heap after: %.1f MiB (baseline %.1f MiB, held %.1f MiB)", float64(h)/(1<<20), float64(baseHeap)/(1<<20), float64(heldHeap)/(1<<20))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("heap after the clients left: %.1f MiB, baseline %.1f MiB (held: %.1f MiB): leak", float64(h)/(1<<20), float64(baseHeap)/(1<<20), float64(heldHeap)/(1<<20))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitClients waits until the proxy counts want logged-in clients.
+func waitClients(t *testing.T, admin string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := metricSum(scrape(t, admin), "pgsluice_client_connections")
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pgsluice_client_connections = %v after 30s, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
