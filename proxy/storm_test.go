@@ -11,8 +11,10 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -150,7 +152,7 @@ func heapAfterGC() uint64 {
 }
 
 // TestManyConnectionsAndStorm holds PGSLUICE_FAULT_CONNS clients logged
-// in at once (max_client_conn = that count: every one is served, the next
+// in at once, from a child process (max_client_conn = that count: every one is served, the next
 // ones are refused with 53300 and a sample of the held clients still
 // queries), then runs a storm of PGSLUICE_STORM_RATE connects per second
 // against a smaller max_client_conn: every attempt is served or refused
@@ -160,7 +162,7 @@ func TestManyConnectionsAndStorm(t *testing.T) {
 	n := envInt(t, "PGSLUICE_FAULT_CONNS", 1000)
 	stormSecs := envInt(t, "PGSLUICE_STORM_SECONDS", 2)
 	rate := envInt(t, "PGSLUICE_STORM_RATE", 2000)
-	raiseFDLimit(t, uint64(2*n+4096))
+	raiseFDLimit(t, uint64(n+2*4096+1024))
 	dsn, srv := startProxy(t, cluster, func(c *TargetConfig) {
 		c.AuthMethod = "md5"
 		c.MaxClientConn = n
@@ -184,51 +186,13 @@ func TestManyConnectionsAndStorm(t *testing.T) {
 	baseHeap := heapAfterGC()
 
 	// ---- n clients held open at once ----
+	// The clients live in a child process (this test binary re-executed):
+	// a process may not hold 2 x 10,000 sockets under the usual
+	// RLIMIT_NOFILE, and this process's goroutines and heap are then the
+	// proxy's alone.
 	start := time.Now()
-	held := make([]net.Conn, n)
-	fes := make([]*pgproto3.Frontend, n)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for w := 0; w < 64; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				c, fe, err := rawLogin(addr, time.Now().Add(2*time.Minute))
-				if err != nil {
-					select {
-					case errs <- fmt.Errorf("client %d of %d: %w", i, n, err):
-					default:
-					}
-					continue
-				}
-				held[i], fes[i] = c, fe
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	defer func() {
-		for _, c := range held {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	failed := 0
-	for err := range errs {
-		failed++
-		t.Error(err)
-	}
-	if failed > 0 {
-		t.FailNow()
-	}
-	t.Logf("%d clients logged in and held in %s (%.0f logins/s)", n, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds())
+	child := startStormChild(t, addr, n)
+	t.Logf("%d clients logged in and held (in a child process) in %s (%.0f logins/s)", n, time.Since(start).Round(time.Millisecond), float64(n)/time.Since(start).Seconds())
 	if got := metricSum(scrape(t, admin), "pgsluice_client_connections"); got != float64(n) {
 		t.Errorf("pgsluice_client_connections = %v with %d clients held", got, n)
 	}
@@ -244,21 +208,15 @@ func TestManyConnectionsAndStorm(t *testing.T) {
 		}
 	}
 	// Held clients are still served.
-	for k := 0; k < 50; k++ {
-		i := k * (n / 50)
-		if i >= n {
-			break
-		}
-		if err := rawSelect(held[i], fes[i], i); err != nil {
-			t.Fatalf("held client %d: %v", i, err)
-		}
+	if out := child.do(t, "QUERY"); out != "OK" {
+		t.Fatalf("held clients: %s", out)
 	}
 	heldHeap := heapAfterGC()
-	t.Logf("heap with %d clients held: %.1f MiB (baseline %.1f MiB), %d goroutines", n, float64(heldHeap)/(1<<20), float64(baseHeap)/(1<<20), runtime.NumGoroutine())
-	for i, c := range held {
-		c.Close()
-		held[i] = nil
+	t.Logf("proxy heap with %d clients held: %.1f MiB (baseline %.1f MiB), %d goroutines", n, float64(heldHeap)/(1<<20), float64(baseHeap)/(1<<20), runtime.NumGoroutine())
+	if out := child.do(t, "CLOSE"); out != "CLOSED" {
+		t.Fatalf("closing held clients: %s", out)
 	}
+	child.wait(t)
 	waitClients(t, admin, 0)
 
 	// ---- the storm ----
@@ -364,5 +322,142 @@ func waitClients(t *testing.T, admin string, want float64) {
 			t.Fatalf("pgsluice_client_connections = %v after 30s, want %v", got, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stormChildEnv names the proxy address a child process of
+// TestManyConnectionsAndStorm logs its clients in to.
+const stormChildEnv = "PGSLUICE_STORM_CHILD"
+
+// stormChild is the child process: it logs in PGSLUICE_FAULT_CONNS
+// clients, prints READY (or ERR ...), then answers commands on stdin:
+// QUERY (a SELECT on 50 clients spread over all of them) -> OK, CLOSE
+// (close them all) -> CLOSED and exit.
+func stormChild(addr string) int {
+	n, _ := strconv.Atoi(os.Getenv("PGSLUICE_FAULT_CONNS"))
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	held := make([]net.Conn, n)
+	fes := make([]*pgproto3.Frontend, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				c, fe, err := rawLogin(addr, time.Now().Add(2*time.Minute))
+				if err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Errorf("client %d of %d: %w", i, n, err))
+					return
+				}
+				held[i], fes[i] = c, fe
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		fmt.Println("ERR", err)
+		return 1
+	}
+	fmt.Println("READY")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		switch in.Text() {
+		case "QUERY":
+			var err error
+			for k := 0; k < 50 && err == nil; k++ {
+				i := k * (n / 50)
+				if i < n {
+					err = rawSelect(held[i], fes[i], i)
+				}
+			}
+			if err != nil {
+				fmt.Println("ERR", err)
+			} else {
+				fmt.Println("OK")
+			}
+		case "CLOSE":
+			for _, c := range held {
+				c.Close()
+			}
+			fmt.Println("CLOSED")
+			return 0
+		}
+	}
+	return 0
+}
+
+// stormChildProc is the parent's handle on a stormChild process.
+type stormChildProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+func startStormChild(t *testing.T, addr string, n int) *stormChildProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), stormChildEnv+"="+addr, "PGSLUICE_FAULT_CONNS="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &stormChildProc{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if line := p.line(t, 5*time.Minute); line != "READY" {
+		t.Fatalf("client process: %s", line)
+	}
+	return p
+}
+
+func (p *stormChildProc) line(t *testing.T, d time.Duration) string {
+	t.Helper()
+	ch := make(chan string, 1)
+	go func() {
+		if p.out.Scan() {
+			ch <- p.out.Text()
+		} else {
+			ch <- fmt.Sprintf("exited (%v)", p.out.Err())
+		}
+	}()
+	select {
+	case l := <-ch:
+		return l
+	case <-time.After(d):
+		t.Fatalf("client process silent for %s", d)
+	}
+	return ""
+}
+
+func (p *stormChildProc) do(t *testing.T, cmd string) string {
+	t.Helper()
+	if _, err := fmt.Fprintln(p.in, cmd); err != nil {
+		t.Fatal(err)
+	}
+	return p.line(t, 2*time.Minute)
+}
+
+func (p *stormChildProc) wait(t *testing.T) {
+	t.Helper()
+	p.in.Close()
+	if err := p.cmd.Wait(); err != nil {
+		t.Errorf("client process: %v", err)
 	}
 }
