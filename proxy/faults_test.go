@@ -5,7 +5,6 @@ package proxy_test
 // a deadline; a hang fails the test instead of stalling the suite.
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -394,6 +393,8 @@ func TestPrimaryRestart(t *testing.T) {
 	})
 	if downErr == nil || !strings.HasPrefix(sqlState(downErr), "08") && !strings.HasPrefix(sqlState(downErr), "57") {
 		t.Errorf("query while the primary is down: got %v, want a 08xxx/57xxx SQLSTATE", downErr)
+	} else if sqlState(downErr) == "08000" && !strings.Contains(downErr.Error(), "could not connect to server "+cluster.Primary.Addr()) {
+		t.Errorf("query while the primary is down: %v does not name the server", downErr)
 	}
 
 	if err := cluster.StartNode(cluster.Primary); err != nil {
@@ -747,8 +748,12 @@ func TestClientKilledMidStream(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { hc.Conn.Close() })
 		hc.Conn.SetDeadline(time.Now().Add(30 * time.Second))
-		return hc.Conn, pgproto3.NewFrontend(bufio.NewReader(hc.Conn), hc.Conn)
+		// hc.Frontend, not a new reader on hc.Conn: pgconn may have a
+		// background read in flight (its write-deadlock guard), whose
+		// bytes only its own reader sees.
+		return hc.Conn, hc.Frontend
 	}
 	// until reads messages until one satisfies stop.
 	until := func(t *testing.T, fe *pgproto3.Frontend, stop func(pgproto3.BackendMessage) bool) {

@@ -260,13 +260,13 @@ func TestManyConnectionsAndStorm(t *testing.T) {
 				return
 			case err != nil:
 				other.Add(1)
-				otherErr.Store(err)
+				otherErr.Store(fmt.Errorf("login: %w", err))
 				return
 			}
 			defer c.Close()
 			if err := rawSelect(c, fe, i); err != nil {
 				other.Add(1)
-				otherErr.Store(err)
+				otherErr.Store(fmt.Errorf("query after login: %w", err))
 				return
 			}
 			time.Sleep(200 * time.Millisecond)
