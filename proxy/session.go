@@ -453,7 +453,11 @@ func (s *session) sendFatal(err error) {
 	s.srv.m.errors.WithLabelValues(pgerr.Class(e.Code)).Inc()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	// 5s, not 1s: the deadline starts before this goroutine may next run,
+	// and on a saturated machine (a connection storm) a 1s deadline could
+	// expire before the write, turning e.g. a 53300 refusal into a silent
+	// close. A client that stopped reading still cannot hold us long.
+	s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	s.w.Write(pgerr.AppendResponse(nil, e))
 	s.w.Flush()
 }
