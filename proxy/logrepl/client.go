@@ -162,6 +162,10 @@ type session struct {
 	log      *slog.Logger
 	conn     *pgconn.PgConn
 	streamed bool // START_REPLICATION succeeded
+	// catalog is a regular connection, opened on first need, for the
+	// catalog lookups the replication connection cannot do while it
+	// streams.
+	catalog *pgconn.PgConn
 
 	tracker  *txnTracker
 	written  LSN // highest WAL position received
@@ -173,7 +177,7 @@ type session struct {
 func (s *session) run(ctx context.Context) error {
 	setupCtx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
-	conn, err := s.connect(setupCtx)
+	conn, err := s.connect(setupCtx, true)
 	if err != nil {
 		return err
 	}
@@ -182,6 +186,9 @@ func (s *session) run(ctx context.Context) error {
 		cctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 		defer cancel()
 		_ = conn.Close(cctx)
+		if s.catalog != nil {
+			_ = s.catalog.Close(cctx)
+		}
 	}()
 	if err := s.ensurePublication(setupCtx); err != nil {
 		return err
@@ -200,7 +207,9 @@ func (s *session) run(ctx context.Context) error {
 	return s.stream(ctx)
 }
 
-func (s *session) connect(ctx context.Context) (*pgconn.PgConn, error) {
+// connect opens a connection to cfg.Database: a logical replication one
+// (replication=database) when replication is set, a regular one otherwise.
+func (s *session) connect(ctx context.Context, replication bool) (*pgconn.PgConn, error) {
 	dsn := fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=prefer connect_timeout=10",
 		dsnQuote(s.cfg.Host), s.cfg.Port, dsnQuote(s.cfg.Database), dsnQuote(s.cfg.User))
 	pc, err := pgconn.ParseConfig(dsn)
@@ -208,7 +217,9 @@ func (s *session) connect(ctx context.Context) (*pgconn.PgConn, error) {
 		return nil, fmt.Errorf("logrepl: connection settings: %w", err)
 	}
 	pc.Password = s.cfg.Password
-	pc.RuntimeParams["replication"] = "database"
+	if replication {
+		pc.RuntimeParams["replication"] = "database"
+	}
 	pc.RuntimeParams["application_name"] = "pgsluice_logrepl"
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
@@ -410,7 +421,7 @@ func (s *session) stream(ctx context.Context) error {
 		s.lastRecv = time.Now()
 		switch m := msg.(type) {
 		case *pgproto3.CopyData:
-			reply, err := s.handleCopyData(m.Data)
+			reply, err := s.handleCopyData(ctx, m.Data)
 			if err != nil {
 				return err
 			}
@@ -433,7 +444,7 @@ func (s *session) stream(ctx context.Context) error {
 
 // handleCopyData processes one CopyData payload and reports whether the
 // server asked for an immediate status update.
-func (s *session) handleCopyData(b []byte) (reply bool, err error) {
+func (s *session) handleCopyData(ctx context.Context, b []byte) (reply bool, err error) {
 	wm, err := decodeWALMessage(b)
 	if err != nil {
 		return false, err
@@ -456,6 +467,13 @@ func (s *session) handleCopyData(b []byte) (reply bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	if pm.Relation != nil {
+		ancestors, err := s.ancestors(ctx, pm.Relation.ID)
+		if err != nil {
+			return false, err
+		}
+		s.tracker.addAncestors(pm.Relation.ID, ancestors)
+	}
 	if res != nil {
 		if len(res.Tables) > 0 {
 			s.h.Changed(s.cfg.Database, res.Tables)
@@ -464,6 +482,42 @@ func (s *session) handleCopyData(b []byte) (reply bool, err error) {
 		s.written = max(s.written, res.EndLSN)
 	}
 	return false, nil
+}
+
+// ancestors returns the "schema.name" of every table relation id inherits
+// from, partitioned parents included, in no particular order. pgoutput names the
+// partition a row lives in, while queries name the table they read, usually
+// the partitioned parent: both must be invalidated.
+func (s *session) ancestors(ctx context.Context, id uint32) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, setupTimeout)
+	defer cancel()
+	if s.catalog != nil && s.catalog.IsClosed() {
+		s.catalog = nil // e.g. ended by idle_session_timeout: open another
+	}
+	if s.catalog == nil {
+		conn, err := s.connect(ctx, false)
+		if err != nil {
+			return nil, fmt.Errorf("logrepl: catalog connection: %w", err)
+		}
+		s.catalog = conn
+	}
+	results, err := s.catalog.Exec(ctx, `WITH RECURSIVE up(oid, depth) AS (
+    SELECT inhparent, 1 FROM pg_catalog.pg_inherits WHERE inhrelid = `+strconv.FormatUint(uint64(id), 10)+`
+    UNION ALL
+    SELECT i.inhparent, up.depth + 1 FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.oid WHERE up.depth < 100)
+SELECT DISTINCT ON (c.oid) n.nspname, c.relname, up.depth FROM up
+JOIN pg_catalog.pg_class c ON c.oid = up.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ORDER BY c.oid, up.depth`).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("logrepl: look up parents of relation %d: %w", id, err)
+	}
+	var names []string
+	for _, r := range results {
+		for _, row := range r.Rows {
+			names = append(names, qualifiedName(string(row[0]), string(row[1])))
+		}
+	}
+	return names, nil
 }
 
 func (s *session) sendStatus(replyRequested bool) error {

@@ -46,10 +46,14 @@
 // rolled-back subtransactions are never sent; transactions that changed no
 // published table are not reported. DDL is not streamed.
 //
-// A change to a partition is reported under the partition's own name
-// ("public.meas_1"), not its partitioned parent's, because pgoutput reports
-// leaf relations (publish_via_partition_root is off). The caller maps names
-// to what its cache keys use.
+// A change to a partition or an inheritance child is reported under its own
+// name and the names of all its ancestors ("public.meas_1" and
+// "public.meas"), since pgoutput names the leaf a row lives in while queries
+// usually read the parent. Ancestors are looked up on a second, regular
+// connection each time a Relation message arrives, i.e. as the relation is
+// at decoding time: a partition detached between a commit and the decoding
+// of that commit is reported without its former parent. The caller maps
+// names to what its cache keys use.
 //
 // # Invariants and caveats
 //
@@ -74,7 +78,8 @@
 //   - The role needs the REPLICATION attribute (or superuser), a pg_hba.conf
 //     line matching the database (not "replication"), the server
 //     wal_level = logical and a free slot under max_replication_slots and a
-//     free walsender under max_wal_senders per proxy instance.
+//     free walsender under max_wal_senders per proxy instance, plus one
+//     regular connection (opened when the first change arrives).
 //   - Publication and slot names are limited to [a-z0-9_]{1,63} so they never
 //     need quoting.
 package logrepl

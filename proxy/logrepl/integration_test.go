@@ -162,6 +162,11 @@ func TestLogicalReplication(t *testing.T) {
 		CREATE TABLE keyless (a int);
 		CREATE TABLE meas (d int, v int) PARTITION BY RANGE (d);
 		CREATE TABLE meas_1 PARTITION OF meas FOR VALUES FROM (0) TO (100);
+		CREATE TABLE meas_2 PARTITION OF meas FOR VALUES FROM (100) TO (200) PARTITION BY LIST (v);
+		CREATE TABLE meas_2a PARTITION OF meas_2 FOR VALUES IN (1);
+		CREATE TABLE loose (d int, v int);
+		CREATE TABLE parent (id int PRIMARY KEY, v text);
+		CREATE TABLE child (extra text) INHERITS (parent);
 		GRANT ALL ON items TO app;`); err != nil {
 		t.Fatal(err)
 	}
@@ -194,41 +199,43 @@ func TestLogicalReplication(t *testing.T) {
 		}
 	}
 
-	t.Run("insert by another role", func(t *testing.T) {
-		exec(w, "INSERT INTO items VALUES (1, 'a'), (2, 'b')")
-		rec.expectChanged(t, "public.items")
+	for _, tc := range []struct {
+		name string
+		conn *pgx.Conn
+		sql  string
+		want []string
+	}{
+		{"insert by another role", w, "INSERT INTO items VALUES (1, 'a'), (2, 'b')", []string{"public.items"}},
+		{"update", su, "UPDATE items SET v = 'c' WHERE id = 1", []string{"public.items"}},
+		{"update of the key", su, "UPDATE items SET id = 3 WHERE id = 2", []string{"public.items"}},
+		{"delete", su, "DELETE FROM items WHERE id = 1", []string{"public.items"}},
+		{"quoted schema", su, `INSERT INTO "Other Schema".logs (msg) VALUES ('x')`, []string{"Other Schema.logs"}},
+		{"one call per transaction with every table", su,
+			`BEGIN; INSERT INTO marker DEFAULT VALUES; INSERT INTO "Other Schema".logs (msg) VALUES ('y'); UPDATE items SET v = 'd'; INSERT INTO marker DEFAULT VALUES; COMMIT`,
+			[]string{"Other Schema.logs", "public.items", "public.marker"}},
+		{"truncate of several tables", su, `TRUNCATE items, "Other Schema".logs`, []string{"Other Schema.logs", "public.items"}},
+		{"truncate of an empty table", su, `TRUNCATE items`, []string{"public.items"}},
+		{"partition reports its ancestors too", su, `INSERT INTO meas VALUES (5, 1)`, []string{"public.meas", "public.meas_1"}},
+		{"sub-partition", su, `INSERT INTO meas VALUES (150, 1)`, []string{"public.meas", "public.meas_2", "public.meas_2a"}},
+		{"truncate of a partitioned table", su, `TRUNCATE meas_2`, []string{"public.meas", "public.meas_2", "public.meas_2a"}},
+		{"inheritance child", su, `INSERT INTO child VALUES (1, 'c', 'extra')`, []string{"public.child", "public.parent"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			exec(tc.conn, tc.sql)
+			rec.expectChanged(t, tc.want...)
+		})
+	}
+	t.Run("partition created while streaming", func(t *testing.T) {
+		exec(su, `CREATE TABLE meas_3 PARTITION OF meas FOR VALUES FROM (200) TO (300)`)
+		exec(su, `INSERT INTO meas VALUES (250, 1)`)
+		rec.expectChanged(t, "public.meas", "public.meas_3")
 	})
-	t.Run("update", func(t *testing.T) {
-		exec(su, "UPDATE items SET v = 'c' WHERE id = 1")
-		rec.expectChanged(t, "public.items")
-	})
-	t.Run("update of the key", func(t *testing.T) {
-		exec(su, "UPDATE items SET id = 3 WHERE id = 2")
-		rec.expectChanged(t, "public.items")
-	})
-	t.Run("delete", func(t *testing.T) {
-		exec(su, "DELETE FROM items WHERE id = 1")
-		rec.expectChanged(t, "public.items")
-	})
-	t.Run("quoted schema", func(t *testing.T) {
-		exec(su, `INSERT INTO "Other Schema".logs (msg) VALUES ('x')`)
-		rec.expectChanged(t, "Other Schema.logs")
-	})
-	t.Run("one call per transaction with every table", func(t *testing.T) {
-		exec(su, `BEGIN; INSERT INTO marker DEFAULT VALUES; INSERT INTO "Other Schema".logs (msg) VALUES ('y'); UPDATE items SET v = 'd'; INSERT INTO marker DEFAULT VALUES; COMMIT`)
-		rec.expectChanged(t, "Other Schema.logs", "public.items", "public.marker")
-	})
-	t.Run("truncate of several tables", func(t *testing.T) {
-		exec(su, `TRUNCATE items, "Other Schema".logs`)
-		rec.expectChanged(t, "Other Schema.logs", "public.items")
-	})
-	t.Run("truncate of an empty table", func(t *testing.T) {
-		exec(su, `TRUNCATE items`)
-		rec.expectChanged(t, "public.items")
-	})
-	t.Run("partition", func(t *testing.T) {
-		exec(su, `INSERT INTO meas VALUES (5, 1)`)
-		rec.expectChanged(t, "public.meas_1")
+	t.Run("table attached as a partition after it was streamed", func(t *testing.T) {
+		exec(su, `INSERT INTO loose VALUES (350, 1)`)
+		rec.expectChanged(t, "public.loose")
+		exec(su, `ALTER TABLE meas ATTACH PARTITION loose FOR VALUES FROM (300) TO (400)`)
+		exec(su, `INSERT INTO meas VALUES (351, 1)`)
+		rec.expectChanged(t, "public.loose", "public.meas")
 	})
 	t.Run("rolled back transaction reports nothing", func(t *testing.T) {
 		exec(su, "BEGIN; INSERT INTO items VALUES (10, 'x'); UPDATE items SET v = 'y'; TRUNCATE \"Other Schema\".logs; ROLLBACK")

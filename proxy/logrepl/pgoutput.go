@@ -92,40 +92,42 @@ func (r *reader) need(n int, field string) bool {
 	return true
 }
 
-func (r *reader) u8(field string) uint8 {
-	if !r.need(1, field) {
-		return 0
+// take consumes n bytes; nil once the body is exhausted or broken.
+func (r *reader) take(n int, field string) []byte {
+	if !r.need(n, field) {
+		return nil
 	}
-	v := r.b[0]
-	r.b = r.b[1:]
+	v := r.b[:n]
+	r.b = r.b[n:]
 	return v
+}
+
+func (r *reader) u8(field string) uint8 {
+	if b := r.take(1, field); b != nil {
+		return b[0]
+	}
+	return 0
 }
 
 func (r *reader) u16(field string) uint16 {
-	if !r.need(2, field) {
-		return 0
+	if b := r.take(2, field); b != nil {
+		return binary.BigEndian.Uint16(b)
 	}
-	v := binary.BigEndian.Uint16(r.b)
-	r.b = r.b[2:]
-	return v
+	return 0
 }
 
 func (r *reader) u32(field string) uint32 {
-	if !r.need(4, field) {
-		return 0
+	if b := r.take(4, field); b != nil {
+		return binary.BigEndian.Uint32(b)
 	}
-	v := binary.BigEndian.Uint32(r.b)
-	r.b = r.b[4:]
-	return v
+	return 0
 }
 
 func (r *reader) u64(field string) uint64 {
-	if !r.need(8, field) {
-		return 0
+	if b := r.take(8, field); b != nil {
+		return binary.BigEndian.Uint64(b)
 	}
-	v := binary.BigEndian.Uint64(r.b)
-	r.b = r.b[8:]
-	return v
+	return 0
 }
 
 // cstring reads a NUL-terminated string and returns a copy.
@@ -148,9 +150,7 @@ func (r *reader) skip(n int, field string) {
 		r.fail("%s: negative length %d", field, n)
 		return
 	}
-	if r.need(n, field) {
-		r.b = r.b[n:]
-	}
+	r.take(n, field)
 }
 
 // done fails unless the whole body was consumed.
@@ -287,13 +287,13 @@ func decodePgoutput(data []byte) (pgMessage, error) {
 // changed) and collects the relations each transaction touched. It is not
 // safe for concurrent use.
 type txnTracker struct {
-	relations map[uint32]string // OID -> "schema.name"
+	relations map[uint32][]string // OID -> "schema.name" of the relation, then of its ancestors
 	inTxn     bool
 	touched   map[string]struct{}
 }
 
 func newTxnTracker() *txnTracker {
-	return &txnTracker{relations: make(map[uint32]string), touched: make(map[string]struct{})}
+	return &txnTracker{relations: make(map[uint32][]string), touched: make(map[string]struct{})}
 }
 
 // commitResult is what a Commit reports: the relations the transaction
@@ -329,7 +329,7 @@ func (t *txnTracker) apply(m pgMessage) (*commitResult, error) {
 		clear(t.touched)
 		return res, nil
 	case msgRelation:
-		t.relations[m.Relation.ID] = qualifiedName(m.Relation.Namespace, m.Relation.Name)
+		t.relations[m.Relation.ID] = []string{qualifiedName(m.Relation.Namespace, m.Relation.Name)}
 	case msgInsert, msgUpdate, msgDelete:
 		if err := t.touch(m.Type, m.RelationID); err != nil {
 			return nil, err
@@ -348,12 +348,24 @@ func (t *txnTracker) touch(kind byte, id uint32) error {
 	if !t.inTxn {
 		return fmt.Errorf("%w: change (%q) outside a transaction", ErrMalformed, kind)
 	}
-	name, ok := t.relations[id]
+	names, ok := t.relations[id]
 	if !ok {
 		return fmt.Errorf("%w: change (%q) of relation %d that was never described", ErrMalformed, kind, id)
 	}
-	t.touched[name] = struct{}{}
+	for _, name := range names {
+		t.touched[name] = struct{}{}
+	}
 	return nil
+}
+
+// addAncestors makes changes of relation id also report the given
+// relations (its partitioned parents or inheritance parents). It must
+// follow the Relation message that described id; a later Relation message
+// for id forgets them.
+func (t *txnTracker) addAncestors(id uint32, ancestors []string) {
+	if names, ok := t.relations[id]; ok {
+		t.relations[id] = append(names[:1:1], ancestors...)
+	}
 }
 
 // qualifiedName joins schema and name as "schema.name", unquoted, which is

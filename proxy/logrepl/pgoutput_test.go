@@ -234,6 +234,54 @@ func TestTxnTracker(t *testing.T) {
 	}
 }
 
+// TestTxnTrackerAncestors: a relation's ancestors are reported with it,
+// and a new Relation message for it forgets them (the session looks them up
+// again).
+func TestTxnTrackerAncestors(t *testing.T) {
+	tr := newTxnTracker()
+	// feed applies the messages; after a Relation it adds ancestors, as
+	// the session does after its catalog lookup.
+	feed := func(ancestors []string, hexes ...string) []string {
+		t.Helper()
+		var got []string
+		for _, h := range hexes {
+			m, err := decodePgoutput(unhex(t, h))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := tr.apply(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.Relation != nil && ancestors != nil {
+				tr.addAncestors(m.Relation.ID, ancestors)
+			}
+			if res != nil {
+				got = res.Tables
+			}
+		}
+		return got
+	}
+	for _, step := range []struct {
+		name      string
+		ancestors []string
+		stream    []string
+		want      []string
+	}{
+		{"described with an ancestor", []string{"public.meas"}, []string{capBegin, capRelMeas1, capInsertMeas1, capCommit}, []string{"public.meas", "public.meas_1"}},
+		{"ancestor remembered", nil, []string{capBegin, capInsertMeas1, capCommit}, []string{"public.meas", "public.meas_1"}},
+		{"described again without", nil, []string{capBegin, capRelMeas1, capInsertMeas1, capCommit}, []string{"public.meas_1"}},
+	} {
+		if got := feed(step.ancestors, step.stream...); !reflect.DeepEqual(got, step.want) {
+			t.Fatalf("%s: %q, want %q", step.name, got, step.want)
+		}
+	}
+	tr.addAncestors(0x9999, []string{"public.x"}) // unknown relation: ignored
+	if _, ok := tr.relations[0x9999]; ok {
+		t.Fatal("addAncestors described an unknown relation")
+	}
+}
+
 // FuzzPgoutput feeds arbitrary bytes to the decoder and, when they decode,
 // to a tracker that already knows a relation and is inside a transaction.
 // Malformed input must return an error wrapping ErrMalformed, never panic.
