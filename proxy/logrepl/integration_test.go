@@ -267,6 +267,11 @@ func TestLogicalReplication(t *testing.T) {
 			t.Fatalf("%d temporary pgsluice slots, want 1", n)
 		}
 	})
+	t.Run("status updates confirm the reported position", func(t *testing.T) {
+		exec(su, "INSERT INTO marker DEFAULT VALUES")
+		rec.expectChanged(t, "public.marker")
+		waitConfirmed(t, c, ctx)
+	})
 
 	t.Run("primary restart leads to reconnect and Reset", func(t *testing.T) {
 		if err := c.StopNode(c.Primary, "immediate"); err != nil {
@@ -305,6 +310,72 @@ func TestLogicalReplication(t *testing.T) {
 		default:
 		}
 	})
+}
+
+// waitConfirmed waits until the pgsluice slot's confirmed_flush_lsn has
+// reached the current WAL position, i.e. a standby status update reported
+// everything written so far.
+func waitConfirmed(t *testing.T, c *local.Cluster, ctx context.Context) {
+	t.Helper()
+	var target string
+	if err := c.QueryRow(ctx, c.Primary, "SELECT pg_current_wal_lsn()::text", nil, &target); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var ok bool
+		if err := c.QueryRow(ctx, c.Primary, "SELECT coalesce(bool_and(confirmed_flush_lsn >= $1::pg_lsn), false) FROM pg_replication_slots WHERE slot_name LIKE 'pgsluice\\_%'", []any{target}, &ok); err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("confirmed_flush_lsn did not reach %s within 30s", target)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestKeepaliveReplies: with wal_sender_timeout far below StatusInterval,
+// only the replies to the server's keepalives keep the stream alive.
+func TestKeepaliveReplies(t *testing.T) {
+	c := local.StartT(t, local.Options{PGConf: []string{"wal_sender_timeout = '2s'"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c.Exec(ctx, c.Primary, "CREATE TABLE t (id int PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	sink := &logSink{t: t, lines: make(chan string, 256)}
+	rec := newRecorder()
+	startRun(t, logrepl.Config{
+		Host: c.Primary.Host, Port: c.Primary.Port, User: local.Superuser, Database: local.AppDatabase,
+		StatusInterval: time.Hour, Logger: slog.New(sink),
+	}, rec)
+	if e := rec.next(t, 30*time.Second, "first Reset"); !e.reset {
+		t.Fatalf("got %v, want Reset", e)
+	}
+	walsender := func() (pid int, reply time.Time) {
+		t.Helper()
+		if err := c.QueryRow(ctx, c.Primary, "SELECT pid, coalesce(reply_time, 'epoch') FROM pg_stat_replication WHERE application_name = 'pgsluice_logrepl'", nil, &pid, &reply); err != nil {
+			t.Fatalf("walsender: %v", err)
+		}
+		return pid, reply
+	}
+	pid1, reply1 := walsender()
+	time.Sleep(6 * time.Second) // three wal_sender_timeouts
+	pid2, reply2 := walsender()
+	if pid2 != pid1 {
+		t.Fatalf("walsender %d replaced by %d: the server dropped the stream", pid1, pid2)
+	}
+	if !reply2.After(reply1) {
+		t.Fatalf("no status update since %v: keepalives were not answered", reply1)
+	}
+	if err := c.Exec(ctx, c.Primary, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	rec.expectChanged(t, "public.t") // not a Reset: the stream never broke
+	waitConfirmed(t, c, ctx)         // keepalives confirm the position too
 }
 
 // TestPublicationPrivileges: a role with REPLICATION but not superuser
