@@ -137,6 +137,39 @@ func startRun(t *testing.T, cfg logrepl.Config, h logrepl.Handler) (stop func() 
 	return stop
 }
 
+// fixture is a primary, prepared with some SQL, and Run streaming from it
+// until the test ends.
+type fixture struct {
+	c    *local.Cluster
+	ctx  context.Context // ends with the test
+	sink *logSink
+	rec  *recorder
+	stop func() error
+}
+
+// newFixture starts a cluster with opts, runs setupSQL on it as the
+// superuser, and starts Run with cfg pointed at its app database (as the
+// superuser unless cfg.User is set).
+func newFixture(t *testing.T, opts local.Options, cfg logrepl.Config, setupSQL string) *fixture {
+	t.Helper()
+	c := local.StartT(t, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	if setupSQL != "" {
+		if err := c.Exec(ctx, c.Primary, setupSQL); err != nil {
+			t.Fatalf("setup: %v", err)
+		}
+	}
+	f := &fixture{c: c, ctx: ctx, sink: &logSink{t: t, lines: make(chan string, 256)}, rec: newRecorder()}
+	cfg.Host, cfg.Port, cfg.Database = c.Primary.Host, c.Primary.Port, local.AppDatabase
+	if cfg.User == "" {
+		cfg.User = local.Superuser
+	}
+	cfg.Logger = slog.New(f.sink)
+	f.stop = startRun(t, cfg, f.rec)
+	return f
+}
+
 func slotCount(t *testing.T, c *local.Cluster, ctx context.Context) int {
 	t.Helper()
 	var n int
@@ -151,10 +184,7 @@ func slotCount(t *testing.T, c *local.Cluster, ctx context.Context) int {
 // 1s, rollbacks report nothing, a primary restart leads to a reconnect and
 // a Reset, and cancelling ctx ends Run and drops the temporary slot.
 func TestLogicalReplication(t *testing.T) {
-	c := local.StartT(t, local.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := c.Exec(ctx, c.Primary, `
+	f := newFixture(t, local.Options{}, logrepl.Config{StatusInterval: time.Second}, `
 		CREATE TABLE items (id int PRIMARY KEY, v text);
 		CREATE SCHEMA "Other Schema";
 		CREATE TABLE "Other Schema".logs (id bigserial PRIMARY KEY, msg text);
@@ -167,15 +197,8 @@ func TestLogicalReplication(t *testing.T) {
 		CREATE TABLE loose (d int, v int);
 		CREATE TABLE parent (id int PRIMARY KEY, v text);
 		CREATE TABLE child (extra text) INHERITS (parent);
-		GRANT ALL ON items TO app;`); err != nil {
-		t.Fatal(err)
-	}
-	sink := &logSink{t: t, lines: make(chan string, 256)}
-	rec := newRecorder()
-	stop := startRun(t, logrepl.Config{
-		Host: c.Primary.Host, Port: c.Primary.Port, User: local.Superuser, Database: local.AppDatabase,
-		StatusInterval: time.Second, Logger: slog.New(sink),
-	}, rec)
+		GRANT ALL ON items TO app;`)
+	c, ctx, sink, rec, stop := f.c, f.ctx, f.sink, f.rec, f.stop
 
 	if e := rec.next(t, 30*time.Second, "first Reset"); !e.reset || e.database != local.AppDatabase {
 		t.Fatalf("first call %v, want Reset(%s)", e, local.AppDatabase)
@@ -340,18 +363,9 @@ func waitConfirmed(t *testing.T, c *local.Cluster, ctx context.Context) {
 // TestKeepaliveReplies: with wal_sender_timeout far below StatusInterval,
 // only the replies to the server's keepalives keep the stream alive.
 func TestKeepaliveReplies(t *testing.T) {
-	c := local.StartT(t, local.Options{PGConf: []string{"wal_sender_timeout = '2s'"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := c.Exec(ctx, c.Primary, "CREATE TABLE t (id int PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	sink := &logSink{t: t, lines: make(chan string, 256)}
-	rec := newRecorder()
-	startRun(t, logrepl.Config{
-		Host: c.Primary.Host, Port: c.Primary.Port, User: local.Superuser, Database: local.AppDatabase,
-		StatusInterval: time.Hour, Logger: slog.New(sink),
-	}, rec)
+	f := newFixture(t, local.Options{PGConf: []string{"wal_sender_timeout = '2s'"}},
+		logrepl.Config{StatusInterval: time.Hour}, "CREATE TABLE t (id int PRIMARY KEY)")
+	c, ctx, rec := f.c, f.ctx, f.rec
 	if e := rec.next(t, 30*time.Second, "first Reset"); !e.reset {
 		t.Fatalf("got %v, want Reset", e)
 	}
@@ -382,18 +396,9 @@ func TestKeepaliveReplies(t *testing.T) {
 // cannot create the FOR ALL TABLES publication; Run says so clearly, keeps
 // retrying, and streams once a superuser has created it.
 func TestPublicationPrivileges(t *testing.T) {
-	c := local.StartT(t, local.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := c.Exec(ctx, c.Primary, "ALTER ROLE app REPLICATION; CREATE TABLE t (id int PRIMARY KEY); GRANT ALL ON t TO app"); err != nil {
-		t.Fatal(err)
-	}
-	sink := &logSink{t: t, lines: make(chan string, 256)}
-	rec := newRecorder()
-	startRun(t, logrepl.Config{
-		Host: c.Primary.Host, Port: c.Primary.Port, User: local.AppUser, Password: local.AppPassword,
-		Database: local.AppDatabase, Publication: "cache_pub", Logger: slog.New(sink),
-	}, rec)
+	f := newFixture(t, local.Options{}, logrepl.Config{User: local.AppUser, Password: local.AppPassword, Publication: "cache_pub"},
+		"ALTER ROLE app REPLICATION; CREATE TABLE t (id int PRIMARY KEY); GRANT ALL ON t TO app")
+	c, ctx, sink, rec := f.c, f.ctx, f.sink, f.rec
 	sink.waitLog(t, 30*time.Second, `publication "cache_pub" does not exist`, "needs a superuser", "CREATE PUBLICATION cache_pub FOR ALL TABLES")
 	select {
 	case e := <-rec.ch:
@@ -415,14 +420,8 @@ func TestPublicationPrivileges(t *testing.T) {
 // TestNoReplicationPrivilege: a role without REPLICATION gets a message
 // saying what it lacks.
 func TestNoReplicationPrivilege(t *testing.T) {
-	c := local.StartT(t, local.Options{})
-	sink := &logSink{t: t, lines: make(chan string, 256)}
-	rec := newRecorder()
-	startRun(t, logrepl.Config{
-		Host: c.Primary.Host, Port: c.Primary.Port, User: local.AppUser, Password: local.AppPassword,
-		Database: local.AppDatabase, Logger: slog.New(sink),
-	}, rec)
-	sink.waitLog(t, 30*time.Second, "needs the REPLICATION attribute", "42501")
+	f := newFixture(t, local.Options{}, logrepl.Config{User: local.AppUser, Password: local.AppPassword}, "")
+	f.sink.waitLog(t, 30*time.Second, "needs the REPLICATION attribute", "42501")
 }
 
 func TestRunRejectsBadConfig(t *testing.T) {
