@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config says where to stream changes from. It is passed by value; Run
@@ -37,10 +38,14 @@ type Config struct {
 	StatusInterval time.Duration
 	// Logger receives connection events and errors. Nil discards them.
 	Logger *slog.Logger
+	// Registerer, when set, receives the pgsluice_logrepl_* metrics,
+	// labelled with the database. Optional.
+	Registerer prometheus.Registerer
 }
 
-// Handler receives what the stream reports. Its methods are called from
-// Run's goroutine, one at a time, and should return quickly: while a call
+// Handler receives what the stream reports. The tables slice passed to
+// Changed is new for each call and belongs to the handler. Its methods are
+// called from Run's goroutine, one at a time, and should return quickly: while a call
 // runs nothing is read from the server, and a connection silent for longer
 // than the server's wal_sender_timeout (default 60s) is closed by it.
 type Handler interface {
@@ -121,6 +126,10 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 	if err != nil {
 		return err
 	}
+	m, err := newMetrics(cfg.Registerer, cfg.Database)
+	if err != nil {
+		return err
+	}
 	log := cfg.Logger.With("database", cfg.Database, "publication", cfg.Publication)
 	backoff := minBackoff
 	for ctx.Err() == nil {
@@ -128,11 +137,13 @@ func Run(ctx context.Context, cfg Config, h Handler) error {
 		if slot == "" {
 			slot = randomSlotName()
 		}
-		s := &session{cfg: cfg, h: h, slot: slot, log: log.With("slot", slot)}
+		s := &session{cfg: cfg, h: h, slot: slot, log: log.With("slot", slot), m: m}
 		err := s.run(ctx)
+		m.connected.Set(0)
 		if ctx.Err() != nil {
 			break
 		}
+		m.failures.Inc()
 		if s.streamed {
 			backoff = minBackoff
 		}
@@ -160,6 +171,7 @@ type session struct {
 	h        Handler
 	slot     string
 	log      *slog.Logger
+	m        *metrics
 	conn     *pgconn.PgConn
 	streamed bool // START_REPLICATION succeeded
 	// catalog is a regular connection, opened on first need, for the
@@ -203,6 +215,8 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	s.streamed = true
+	s.m.streams.Inc()
+	s.m.connected.Set(1)
 	s.log.Info("logical replication streaming")
 	return s.stream(ctx)
 }
@@ -449,6 +463,16 @@ func (s *session) handleCopyData(ctx context.Context, b []byte) (reply bool, err
 	if err != nil {
 		return false, err
 	}
+	defer func() {
+		if wm.WALEnd == 0 { // XLogData of a Relation message carries no positions
+			return
+		}
+		if wm.WALEnd > s.flushed {
+			s.m.lagBytes.Set(float64(wm.WALEnd - s.flushed))
+		} else {
+			s.m.lagBytes.Set(0)
+		}
+	}()
 	if wm.Keepalive {
 		s.written = max(s.written, wm.WALEnd)
 		if !s.tracker.inTxn {
@@ -477,6 +501,7 @@ func (s *session) handleCopyData(ctx context.Context, b []byte) (reply bool, err
 	if res != nil {
 		if len(res.Tables) > 0 {
 			s.h.Changed(s.cfg.Database, res.Tables)
+			s.m.transactions.Inc()
 		}
 		s.flushed = max(s.flushed, res.EndLSN)
 		s.written = max(s.written, res.EndLSN)

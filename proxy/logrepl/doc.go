@@ -55,6 +55,15 @@
 // of that commit is reported without its former parent. The caller maps
 // names to what its cache keys use.
 //
+// # Metrics
+//
+// With Config.Registerer set, Run registers (label database):
+// pgsluice_logrepl_connected (1 while streaming: alert when 0, bypassing
+// writes are then bounded by TTL only), pgsluice_logrepl_streams_total,
+// pgsluice_logrepl_failures_total, pgsluice_logrepl_transactions_total and
+// pgsluice_logrepl_lag_bytes (primary's WAL end minus the last position
+// reported). Collectors already registered for the same database are reused.
+//
 // # Invariants and caveats
 //
 //   - The decoder (pgoutput.go, walmsg.go) is pure and never panics: bytes

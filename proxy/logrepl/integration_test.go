@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsluice/pgsluice/deploy/local"
 	"github.com/pgsluice/pgsluice/proxy/logrepl"
@@ -33,7 +34,10 @@ func (e event) String() string {
 }
 
 // recorder is a Handler that queues every call.
-type recorder struct{ ch chan event }
+type recorder struct {
+	ch      chan event
+	changed int // Changed calls taken by expectChanged (test goroutine only)
+}
 
 func newRecorder() *recorder { return &recorder{ch: make(chan event, 1024)} }
 
@@ -63,6 +67,7 @@ func (r *recorder) expectChanged(t *testing.T, want ...string) {
 	if e.reset || e.database != local.AppDatabase || !slices.Equal(e.tables, want) {
 		t.Fatalf("got %v, want Changed(%s, %q)", e, local.AppDatabase, want)
 	}
+	r.changed++
 	t.Logf("%v after %v", e, time.Since(start).Round(time.Millisecond))
 }
 
@@ -137,6 +142,30 @@ func startRun(t *testing.T, cfg logrepl.Config, h logrepl.Handler) (stop func() 
 	return stop
 }
 
+// metricValue returns the value of the one series of a gauge or counter.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		if len(mf.Metric) != 1 {
+			t.Fatalf("%s has %d series, want 1", name, len(mf.Metric))
+		}
+		m := mf.Metric[0]
+		if m.Gauge != nil {
+			return m.Gauge.GetValue()
+		}
+		return m.Counter.GetValue()
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
 // fixture is a primary, prepared with some SQL, and Run streaming from it
 // until the test ends.
 type fixture struct {
@@ -184,7 +213,8 @@ func slotCount(t *testing.T, c *local.Cluster, ctx context.Context) int {
 // 1s, rollbacks report nothing, a primary restart leads to a reconnect and
 // a Reset, and cancelling ctx ends Run and drops the temporary slot.
 func TestLogicalReplication(t *testing.T) {
-	f := newFixture(t, local.Options{}, logrepl.Config{StatusInterval: time.Second}, `
+	reg := prometheus.NewRegistry()
+	f := newFixture(t, local.Options{}, logrepl.Config{StatusInterval: time.Second, Registerer: reg}, `
 		CREATE TABLE items (id int PRIMARY KEY, v text);
 		CREATE SCHEMA "Other Schema";
 		CREATE TABLE "Other Schema".logs (id bigserial PRIMARY KEY, msg text);
@@ -290,6 +320,14 @@ func TestLogicalReplication(t *testing.T) {
 			t.Fatalf("%d temporary pgsluice slots, want 1", n)
 		}
 	})
+	t.Run("metrics while streaming", func(t *testing.T) {
+		want := map[string]float64{"connected": 1, "streams_total": 1, "failures_total": 0, "transactions_total": float64(rec.changed)}
+		for name, v := range want {
+			if got := metricValue(t, reg, "pgsluice_logrepl_"+name); got != v {
+				t.Errorf("pgsluice_logrepl_%s = %v, want %v", name, got, v)
+			}
+		}
+	})
 	t.Run("status updates confirm the reported position", func(t *testing.T) {
 		exec(su, "INSERT INTO marker DEFAULT VALUES")
 		rec.expectChanged(t, "public.marker")
@@ -314,6 +352,12 @@ func TestLogicalReplication(t *testing.T) {
 		defer w2.Close(context.Background())
 		exec(w2, "INSERT INTO items VALUES (20, 'after restart')")
 		rec.expectChanged(t, "public.items")
+		if got := metricValue(t, reg, "pgsluice_logrepl_streams_total"); got != 2 {
+			t.Errorf("streams_total = %v after one reconnect, want 2", got)
+		}
+		if got := metricValue(t, reg, "pgsluice_logrepl_failures_total"); got < 1 {
+			t.Errorf("failures_total = %v after a primary restart, want >= 1", got)
+		}
 	})
 
 	t.Run("ctx cancel ends Run and drops the slot", func(t *testing.T) {
@@ -331,6 +375,9 @@ func TestLogicalReplication(t *testing.T) {
 		case e := <-rec.ch:
 			t.Fatalf("Handler called after Run returned: %v", e)
 		default:
+		}
+		if got := metricValue(t, reg, "pgsluice_logrepl_connected"); got != 0 {
+			t.Errorf("connected = %v after Run returned, want 0", got)
 		}
 	})
 }
