@@ -61,10 +61,13 @@ const (
 	DefaultStatusInterval = 10 * time.Second
 	defaultPort           = 5432
 	setupTimeout          = 30 * time.Second
-	closeTimeout          = 5 * time.Second
-	writeTimeout          = 10 * time.Second
-	minBackoff            = 100 * time.Millisecond
-	maxBackoff            = 5 * time.Second
+	// slotTimeout bounds CREATE_REPLICATION_SLOT, which waits until every
+	// transaction running when it started has ended.
+	slotTimeout  = 10 * time.Minute
+	closeTimeout = 5 * time.Second
+	writeTimeout = 10 * time.Second
+	minBackoff   = 100 * time.Millisecond
+	maxBackoff   = 5 * time.Second
 )
 
 // identRE is what Slot and Publication may look like: PostgreSQL's rule for
@@ -205,7 +208,9 @@ func (s *session) run(ctx context.Context) error {
 	if err := s.ensurePublication(setupCtx); err != nil {
 		return err
 	}
-	if err := s.createSlot(setupCtx); err != nil {
+	slotCtx, cancelSlot := context.WithTimeout(ctx, slotTimeout)
+	defer cancelSlot()
+	if err := s.createSlot(slotCtx); err != nil {
 		return err
 	}
 	// The slot's snapshot point is fixed: every commit after it will be
@@ -340,7 +345,11 @@ func (s *session) createSlot(ctx context.Context) error {
 	if serverMajor(s.conn.ParameterStatus("server_version")) >= 15 {
 		opt = "(SNAPSHOT 'nothing')"
 	}
+	slow := time.AfterFunc(5*time.Second, func() {
+		s.log.Warn("creating the replication slot waits for the transactions running on the primary to end")
+	})
 	rows, err := s.exec(ctx, "CREATE_REPLICATION_SLOT "+s.slot+" TEMPORARY LOGICAL pgoutput "+opt)
+	slow.Stop()
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "55000" {

@@ -16,7 +16,11 @@
 //  2. creates a TEMPORARY logical slot using pgoutput, under a fresh
 //     "pgsluice_<random>" name unless cfg.Slot fixes one. Every proxy
 //     instance has its own slot; PostgreSQL drops it when the connection
-//     ends, so a crashed proxy leaves nothing behind that retains WAL;
+//     ends, so a crashed proxy leaves nothing behind that retains WAL.
+//     Creating a logical slot waits until every transaction that was
+//     running on the primary when it started has ended (bounded at 10
+//     minutes, then retried): a long-running write transaction delays the
+//     start of the stream, and Run logs a warning after 5s;
 //  3. calls h.Reset(database): everything committed before the slot's
 //     consistent point may have been missed, everything after it will be
 //     streamed. Reset comes after the slot exists, never before, so no commit

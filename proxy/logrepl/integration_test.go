@@ -179,7 +179,8 @@ type fixture struct {
 // newFixture starts a cluster with opts, runs setupSQL on it as the
 // superuser, and starts Run with cfg pointed at its app database (as the
 // superuser unless cfg.User is set).
-func newFixture(t *testing.T, opts local.Options, cfg logrepl.Config, setupSQL string) *fixture {
+// Each prepare function runs after setupSQL, before Run starts.
+func newFixture(t *testing.T, opts local.Options, cfg logrepl.Config, setupSQL string, prepare ...func(*local.Cluster, context.Context)) *fixture {
 	t.Helper()
 	c := local.StartT(t, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -188,6 +189,9 @@ func newFixture(t *testing.T, opts local.Options, cfg logrepl.Config, setupSQL s
 		if err := c.Exec(ctx, c.Primary, setupSQL); err != nil {
 			t.Fatalf("setup: %v", err)
 		}
+	}
+	for _, p := range prepare {
+		p(c, ctx)
 	}
 	f := &fixture{c: c, ctx: ctx, sink: &logSink{t: t, lines: make(chan string, 256)}, rec: newRecorder()}
 	cfg.Host, cfg.Port, cfg.Database = c.Primary.Host, c.Primary.Port, local.AppDatabase
@@ -437,6 +441,44 @@ func TestKeepaliveReplies(t *testing.T) {
 	}
 	rec.expectChanged(t, "public.t") // not a Reset: the stream never broke
 	waitConfirmed(t, c, ctx)         // keepalives confirm the position too
+}
+
+// TestSlotWaitsForRunningTransactions: slot creation waits for a write
+// transaction that is running; Reset comes only once the slot exists, after
+// that transaction committed, and its write is covered by the Reset rather
+// than reported.
+func TestSlotWaitsForRunningTransactions(t *testing.T) {
+	var tx pgx.Tx
+	f := newFixture(t, local.Options{}, logrepl.Config{}, "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)",
+		func(c *local.Cluster, ctx context.Context) {
+			conn, err := c.Conn(ctx, c.Primary)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close(context.Background()) })
+			if tx, err = conn.Begin(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO t VALUES (1)"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	f.sink.waitLog(t, 30*time.Second, "waits for the transactions running on the primary to end")
+	select {
+	case e := <-f.rec.ch:
+		t.Fatalf("%v while a transaction older than the slot is still running", e)
+	default:
+	}
+	if err := tx.Commit(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e := f.rec.next(t, 30*time.Second, "Reset after the old transaction ended"); !e.reset {
+		t.Fatalf("got %v, want Reset", e)
+	}
+	if err := f.c.Exec(f.ctx, f.c.Primary, "INSERT INTO u VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	f.rec.expectChanged(t, "public.u") // not public.t: that commit preceded the slot
 }
 
 // TestPublicationPrivileges: a role with REPLICATION but not superuser
