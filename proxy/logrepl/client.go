@@ -60,7 +60,6 @@ const (
 	DefaultPublication    = "pgsluice_cache"
 	DefaultStatusInterval = 10 * time.Second
 	defaultPort           = 5432
-	setupTimeout          = 30 * time.Second
 	// slotTimeout bounds CREATE_REPLICATION_SLOT, which waits until every
 	// transaction running when it started has ended.
 	slotTimeout  = 10 * time.Minute
@@ -69,6 +68,10 @@ const (
 	minBackoff   = 100 * time.Millisecond
 	maxBackoff   = 5 * time.Second
 )
+
+// setupTimeout bounds connecting, the publication check and
+// START_REPLICATION (a variable so tests can shorten it).
+var setupTimeout = 30 * time.Second
 
 // identRE is what Slot and Publication may look like: PostgreSQL's rule for
 // slot names, so neither ever needs quoting.
@@ -190,6 +193,8 @@ type session struct {
 }
 
 func (s *session) run(ctx context.Context) error {
+	// Each setup step gets its own deadline: slot creation may legitimately
+	// take minutes and must not eat into the next step's time.
 	setupCtx, cancel := context.WithTimeout(ctx, setupTimeout)
 	defer cancel()
 	conn, err := s.connect(setupCtx, true)
@@ -216,7 +221,9 @@ func (s *session) run(ctx context.Context) error {
 	// The slot's snapshot point is fixed: every commit after it will be
 	// streamed, anything before it the handler must forget.
 	s.h.Reset(s.cfg.Database)
-	if err := s.startReplication(setupCtx); err != nil {
+	startCtx, cancelStart := context.WithTimeout(ctx, setupTimeout)
+	defer cancelStart()
+	if err := s.startReplication(startCtx); err != nil {
 		return err
 	}
 	s.streamed = true

@@ -448,6 +448,9 @@ func TestKeepaliveReplies(t *testing.T) {
 // that transaction committed, and its write is covered by the Reset rather
 // than reported.
 func TestSlotWaitsForRunningTransactions(t *testing.T) {
+	// The wait must outlast the other setup steps' deadline without
+	// failing the next step.
+	logrepl.SetSetupTimeout(t, 3*time.Second)
 	var tx pgx.Tx
 	f := newFixture(t, local.Options{}, logrepl.Config{}, "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY)",
 		func(c *local.Cluster, ctx context.Context) {
@@ -464,6 +467,7 @@ func TestSlotWaitsForRunningTransactions(t *testing.T) {
 			}
 		})
 	f.sink.waitLog(t, 30*time.Second, "waits for the transactions running on the primary to end")
+	time.Sleep(3 * time.Second) // now longer than setupTimeout
 	select {
 	case e := <-f.rec.ch:
 		t.Fatalf("%v while a transaction older than the slot is still running", e)
