@@ -180,9 +180,9 @@ type session struct {
 	m        *metrics
 	conn     *pgconn.PgConn
 	streamed bool // START_REPLICATION succeeded
-	// catalog is a regular connection, opened on first need, for the
-	// catalog lookups the replication connection cannot do while it
-	// streams.
+	// catalog is a regular connection for the catalog lookups the
+	// replication connection cannot do while it streams; reopened when it
+	// was closed.
 	catalog *pgconn.PgConn
 
 	tracker  *txnTracker
@@ -212,6 +212,11 @@ func (s *session) run(ctx context.Context) error {
 	}()
 	if err := s.ensurePublication(setupCtx); err != nil {
 		return err
+	}
+	// Open the catalog connection now, so the first change does not pay
+	// for it.
+	if s.catalog, err = s.connect(setupCtx, false); err != nil {
+		return fmt.Errorf("logrepl: catalog connection: %w", err)
 	}
 	slotCtx, cancelSlot := context.WithTimeout(ctx, slotTimeout)
 	defer cancelSlot()

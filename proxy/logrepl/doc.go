@@ -54,7 +54,7 @@
 // name and the names of all its ancestors ("public.meas_1" and
 // "public.meas"), since pgoutput names the leaf a row lives in while queries
 // usually read the parent. Ancestors are looked up on a second, regular
-// connection each time a Relation message arrives, i.e. as the relation is
+// connection (opened during setup) each time a Relation message arrives, i.e. as the relation is
 // at decoding time: a partition detached between a commit and the decoding
 // of that commit is reported without its former parent. The caller maps
 // names to what its cache keys use.
@@ -92,7 +92,7 @@
 //     line matching the database (not "replication"), the server
 //     wal_level = logical and a free slot under max_replication_slots and a
 //     free walsender under max_wal_senders per proxy instance, plus one
-//     regular connection (opened when the first change arrives).
+//     regular connection for catalog lookups.
 //   - Publication and slot names are limited to [a-z0-9_]{1,63} so they never
 //     need quoting.
 package logrepl

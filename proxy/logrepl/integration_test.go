@@ -218,7 +218,10 @@ func slotCount(t *testing.T, c *local.Cluster, ctx context.Context) int {
 // a Reset, and cancelling ctx ends Run and drops the temporary slot.
 func TestLogicalReplication(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	f := newFixture(t, local.Options{}, logrepl.Config{StatusInterval: time.Second, Registerer: reg}, `
+	// A small logical_decoding_work_mem makes the big transaction below spill
+	// to disk; prepared transactions need max_prepared_transactions.
+	opts := local.Options{PGConf: []string{"logical_decoding_work_mem = '64kB'", "max_prepared_transactions = 5"}}
+	f := newFixture(t, opts, logrepl.Config{StatusInterval: time.Second, Registerer: reg}, `
 		CREATE TABLE items (id int PRIMARY KEY, v text);
 		CREATE SCHEMA "Other Schema";
 		CREATE TABLE "Other Schema".logs (id bigserial PRIMARY KEY, msg text);
@@ -302,6 +305,25 @@ func TestLogicalReplication(t *testing.T) {
 		exec(su, "INSERT INTO marker DEFAULT VALUES")
 		rec.expectChanged(t, "public.items") // the savepoint transaction's surviving insert
 		rec.expectChanged(t, "public.marker")
+	})
+	t.Run("two-phase commit reported at COMMIT PREPARED only", func(t *testing.T) {
+		exec(su, "BEGIN; INSERT INTO items VALUES (30, 'p'); PREPARE TRANSACTION 'p1'")
+		exec(su, `BEGIN; INSERT INTO "Other Schema".logs (msg) VALUES ('p'); PREPARE TRANSACTION 'p2'`)
+		exec(su, "ROLLBACK PREPARED 'p2'")
+		exec(su, "INSERT INTO marker DEFAULT VALUES")
+		rec.expectChanged(t, "public.marker") // nothing for the prepared or rolled-back ones
+		exec(su, "COMMIT PREPARED 'p1'")
+		rec.expectChanged(t, "public.items")
+	})
+	t.Run("transaction spilled to disk is one call", func(t *testing.T) {
+		exec(su, "INSERT INTO items SELECT g, repeat('x', 100) FROM generate_series(1000, 20999) g")
+		e := rec.next(t, 30*time.Second, "big transaction")
+		if e.reset || !slices.Equal(e.tables, []string{"public.items"}) {
+			t.Fatalf("got %v, want Changed(app, [public.items])", e)
+		}
+		rec.changed++
+		exec(su, "INSERT INTO marker DEFAULT VALUES")
+		rec.expectChanged(t, "public.marker") // and nothing else in between
 	})
 	t.Run("read-only transaction reports nothing", func(t *testing.T) {
 		exec(su, "SELECT count(*) FROM items")
