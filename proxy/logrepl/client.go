@@ -255,11 +255,11 @@ func (s *session) connect(ctx context.Context, replication bool) (*pgconn.PgConn
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		if replication && errors.As(err, &pgErr) && pgErr.Code == "42501" {
 			return nil, fmt.Errorf("logrepl: connect to %s:%d as %q: the role needs the REPLICATION attribute (ALTER ROLE %s REPLICATION) or superuser: %w",
 				s.cfg.Host, s.cfg.Port, s.cfg.User, s.cfg.User, err)
 		}
-		if errors.As(err, &pgErr) && pgErr.Code == "28000" {
+		if replication && errors.As(err, &pgErr) && pgErr.Code == "28000" {
 			return nil, fmt.Errorf("logrepl: connect to %s:%d as %q: pg_hba.conf must allow a logical replication connection, which matches lines for database %q (not \"replication\", which is for physical replication only): %w",
 				s.cfg.Host, s.cfg.Port, s.cfg.User, s.cfg.Database, err)
 		}
