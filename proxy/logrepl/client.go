@@ -125,10 +125,13 @@ func (cfg Config) withDefaults() (Config, error) {
 // jittered, back to 100ms after a connection that streamed).
 //
 // Run returns nil when ctx ends, and an error without connecting only when
-// cfg is invalid. The temporary slot is dropped by PostgreSQL when Run's
-// connection ends.
+// cfg is invalid, h is nil or the metrics cannot be registered. The
+// temporary slot is dropped by PostgreSQL when Run's connection ends.
 func Run(ctx context.Context, cfg Config, h Handler) error {
 	cfg, err := cfg.withDefaults()
+	if h == nil {
+		err = errors.Join(err, errors.New("logrepl: nil Handler"))
+	}
 	if err != nil {
 		return err
 	}

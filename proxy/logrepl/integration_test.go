@@ -550,6 +550,12 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{logrepl.Config{Host: "h", User: "u", Database: "d", Port: 70000, StatusInterval: -1}, []string{"Port 70000", "StatusInterval -1ns"}},
 	} {
 		err := logrepl.Run(context.Background(), tc.cfg, newRecorder())
+		if tc.cfg.Host == "" {
+			// and a nil Handler is refused with the rest
+			if err2 := logrepl.Run(context.Background(), tc.cfg, nil); err2 == nil || !strings.Contains(err2.Error(), "nil Handler") {
+				t.Errorf("Run with nil Handler = %v", err2)
+			}
+		}
 		if err == nil {
 			t.Fatalf("Run(%+v) = nil, want error", tc.cfg)
 		}
