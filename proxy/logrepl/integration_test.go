@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -505,6 +506,32 @@ func TestSlotWaitsForRunningTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.rec.expectChanged(t, "public.u") // not public.t: that commit preceded the slot
+}
+
+// TestSilentServer: a walsender that stops answering (SIGSTOP, as in a
+// network partition that drops packets) is detected by the silence check,
+// and Run reconnects with a Reset.
+func TestSilentServer(t *testing.T) {
+	f := newFixture(t, local.Options{}, logrepl.Config{StatusInterval: time.Second}, "CREATE TABLE t (id int PRIMARY KEY)")
+	if e := f.rec.next(t, 30*time.Second, "first Reset"); !e.reset {
+		t.Fatalf("got %v, want Reset", e)
+	}
+	var pid int
+	if err := f.c.QueryRow(f.ctx, f.c.Primary, "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgsluice_logrepl'", nil, &pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP walsender %d: %v", pid, err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	f.sink.waitLog(t, 30*time.Second, "no message from the server for")
+	if e := f.rec.next(t, 30*time.Second, "Reset after the silent server"); !e.reset {
+		t.Fatalf("got %v, want Reset", e)
+	}
+	if err := f.c.Exec(f.ctx, f.c.Primary, "INSERT INTO t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	f.rec.expectChanged(t, "public.t")
 }
 
 // TestPublicationPrivileges: a role with REPLICATION but not superuser
