@@ -189,8 +189,8 @@ type session struct {
 	catalog *pgconn.PgConn
 
 	tracker  *txnTracker
-	written  LSN // highest WAL position received
-	flushed  LSN // position up to which every commit was reported
+	written  lsn // highest WAL position received
+	flushed  lsn // position up to which every commit was reported
 	lastRecv time.Time
 	status   []byte
 }
@@ -506,7 +506,7 @@ func (s *session) handleCopyData(ctx context.Context, b []byte) (reply bool, err
 		}
 		return wm.ReplyRequested, nil
 	}
-	s.written = max(s.written, wm.WALStart+LSN(len(wm.Data)))
+	s.written = max(s.written, wm.WALStart+lsn(len(wm.Data)))
 	pm, err := decodePgoutput(wm.Data)
 	if err != nil {
 		return false, err

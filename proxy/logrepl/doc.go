@@ -30,13 +30,15 @@
 //     XLogData carries pgoutput messages, primary keepalives are answered at
 //     once when they ask for a reply, and a standby status update is sent
 //     every cfg.StatusInterval (default 10s) with the position of the last
-//     reported commit as flushed and applied.
+//     reported commit (or, between transactions, the server's position from
+//     its last keepalive) as flushed and applied.
 //
 // When a connection fails, or cannot be set up, Run logs why and starts
 // again with jittered exponential backoff (100ms doubling to 5s, reset after a
 // connection that streamed), and calls Reset again once the new slot exists.
 // Run returns nil when ctx ends, having closed the connection (which drops
-// the slot); it returns an error at once only for an invalid Config.
+// the slot); it returns an error at once only for an invalid Config, a nil
+// Handler or a metrics registration clash.
 //
 // # What is reported
 //
@@ -78,6 +80,9 @@
 //   - Handler methods are called from Run's goroutine, one at a time. While one
 //     runs nothing is read, so they must be quick: a stream silent for longer
 //     than the server's wal_sender_timeout is closed by the server.
+//   - A server silent for 3 x StatusInterval + 5s is taken for gone (a dropped
+//     link sends no FIN): status updates sent after a quiet interval ask the
+//     server to answer, so a live server is never silent that long.
 //   - While disconnected, writes that bypass the proxy are not seen; the
 //     Reset at reconnect drops what they may have made stale, and until then
 //     only the cache TTL bounds staleness.

@@ -42,15 +42,15 @@ type pgMessage struct {
 }
 
 type beginMsg struct {
-	FinalLSN   LSN
+	FinalLSN   lsn
 	CommitTime int64 // microseconds since 2000-01-01 UTC
 	Xid        uint32
 }
 
 type commitMsg struct {
 	Flags      uint8
-	CommitLSN  LSN
-	EndLSN     LSN
+	CommitLSN  lsn
+	EndLSN     lsn
 	CommitTime int64
 }
 
@@ -200,10 +200,10 @@ func decodePgoutput(data []byte) (pgMessage, error) {
 	switch m.Type {
 	case msgBegin:
 		r.what = "Begin"
-		m.Begin = &beginMsg{FinalLSN: LSN(r.u64("final LSN")), CommitTime: int64(r.u64("commit time")), Xid: r.u32("xid")}
+		m.Begin = &beginMsg{FinalLSN: lsn(r.u64("final LSN")), CommitTime: int64(r.u64("commit time")), Xid: r.u32("xid")}
 	case msgCommit:
 		r.what = "Commit"
-		m.Commit = &commitMsg{Flags: r.u8("flags"), CommitLSN: LSN(r.u64("commit LSN")), EndLSN: LSN(r.u64("end LSN")), CommitTime: int64(r.u64("commit time"))}
+		m.Commit = &commitMsg{Flags: r.u8("flags"), CommitLSN: lsn(r.u64("commit LSN")), EndLSN: lsn(r.u64("end LSN")), CommitTime: int64(r.u64("commit time"))}
 	case msgOrigin:
 		r.what = "Origin"
 		r.u64("commit LSN")
@@ -301,7 +301,7 @@ func newTxnTracker() *txnTracker {
 // only emitted a logical message), and the LSN just past the commit.
 type commitResult struct {
 	Tables []string
-	EndLSN LSN
+	EndLSN lsn
 }
 
 // apply feeds one decoded message. It returns a non-nil result at Commit.

@@ -8,16 +8,16 @@ import (
 	"time"
 )
 
-// LSN is a PostgreSQL write-ahead log position.
-type LSN uint64
+// lsn is a PostgreSQL write-ahead log position.
+type lsn uint64
 
 // String formats the LSN the way PostgreSQL does ("16/B374D848").
-func (l LSN) String() string {
+func (l lsn) String() string {
 	return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l))
 }
 
 // parseLSN parses PostgreSQL's "XXX/XXX" form.
-func parseLSN(s string) (LSN, error) {
+func parseLSN(s string) (lsn, error) {
 	hi, lo, ok := strings.Cut(s, "/")
 	if !ok {
 		return 0, fmt.Errorf("logrepl: bad LSN %q", s)
@@ -27,7 +27,7 @@ func parseLSN(s string) (LSN, error) {
 	if err1 != nil || err2 != nil {
 		return 0, fmt.Errorf("logrepl: bad LSN %q", s)
 	}
-	return LSN(h<<32 | l), nil
+	return lsn(h<<32 | l), nil
 }
 
 // CopyData payload types of the streaming replication protocol.
@@ -49,9 +49,9 @@ var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 type walMessage struct {
 	Keepalive bool
 	// WALStart is the position of the data (XLogData only).
-	WALStart LSN
+	WALStart lsn
 	// WALEnd is the server's current end of WAL.
-	WALEnd LSN
+	WALEnd lsn
 	// ReplyRequested is set by a keepalive that wants a status update now.
 	ReplyRequested bool
 	// Data is the pgoutput message of an XLogData; it aliases the input.
@@ -71,8 +71,8 @@ func decodeWALMessage(b []byte) (walMessage, error) {
 			return walMessage{}, fmt.Errorf("%w: XLogData of %d bytes, header needs %d", ErrMalformed, len(b), xLogDataHeaderLen)
 		}
 		return walMessage{
-			WALStart: LSN(binary.BigEndian.Uint64(b[1:])),
-			WALEnd:   LSN(binary.BigEndian.Uint64(b[9:])),
+			WALStart: lsn(binary.BigEndian.Uint64(b[1:])),
+			WALEnd:   lsn(binary.BigEndian.Uint64(b[9:])),
 			Data:     b[xLogDataHeaderLen:],
 		}, nil
 	case copyKeepalive:
@@ -82,7 +82,7 @@ func decodeWALMessage(b []byte) (walMessage, error) {
 		if b[17] > 1 {
 			return walMessage{}, fmt.Errorf("%w: keepalive reply flag %d", ErrMalformed, b[17])
 		}
-		return walMessage{Keepalive: true, WALEnd: LSN(binary.BigEndian.Uint64(b[1:])), ReplyRequested: b[17] == 1}, nil
+		return walMessage{Keepalive: true, WALEnd: lsn(binary.BigEndian.Uint64(b[1:])), ReplyRequested: b[17] == 1}, nil
 	default:
 		return walMessage{}, fmt.Errorf("%w: unknown CopyData type %q", ErrMalformed, b[0])
 	}
@@ -90,7 +90,7 @@ func decodeWALMessage(b []byte) (walMessage, error) {
 
 // appendStandbyStatus appends a standby status update ('r') reporting
 // written, flushed and applied positions at time now.
-func appendStandbyStatus(dst []byte, written, flushed LSN, now time.Time, replyRequested bool) []byte {
+func appendStandbyStatus(dst []byte, written, flushed lsn, now time.Time, replyRequested bool) []byte {
 	dst = append(dst, copyStandbyStatus)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(written))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(flushed))

@@ -81,12 +81,12 @@ func TestAppendStandbyStatus(t *testing.T) {
 func TestLSN(t *testing.T) {
 	for _, tc := range []struct {
 		s    string
-		lsn  LSN
+		lsn  lsn
 		fail bool
 	}{
 		{s: "0/0", lsn: 0},
 		{s: "16/B374D848", lsn: 0x16_B374D848},
-		{s: "FFFFFFFF/FFFFFFFF", lsn: ^LSN(0)},
+		{s: "FFFFFFFF/FFFFFFFF", lsn: ^lsn(0)},
 		{s: "0/1941468", lsn: 0x1941468},
 		{s: "", fail: true},
 		{s: "12", fail: true},
