@@ -213,9 +213,9 @@ func (s *session) attach(d *routing.Decision) error {
 	}
 	s.mu.Unlock()
 	p, n := s.choose(d)
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.AcquireTimeout+s.cfg.Pool.ConnectTimeout)
-	b, err := p.acquire(ctx)
-	cancel()
+	// No context deadline: acquire bounds its wait by pool.acquire_timeout
+	// (a timer only when it must wait) and dialing by pool.connect_timeout.
+	b, err := p.acquire(context.Background())
 	if err != nil {
 		if n != s.srv.topo.writer() && !errors.Is(err, pgerr.ErrAcquireTimeout) {
 			// A replica we cannot reach: take it out of rotation and
