@@ -132,3 +132,25 @@ func (s *session) releaseClientBuffersLocked() {
 		clientReaders.Put(r)
 	}
 }
+
+// newStmtInfo returns a statement record for a Parse. The unnamed
+// statement is replaced by nearly every extended-protocol query; its
+// record (and the Parse bytes it keeps) is recycled from the one before
+// last, which nothing references any more: s.unnamed is the last one and
+// s.lastBound (a portal bound earlier may still be executed) is checked.
+func (s *session) newStmtInfo(name string) *stmtInfo {
+	if sp := s.unnamedSpare; name == "" && sp != nil && sp != s.lastBound && sp != s.unnamed {
+		s.unnamedSpare = nil
+		*sp = stmtInfo{parse: sp.parse[:0]}
+		return sp
+	}
+	return &stmtInfo{name: name}
+}
+
+// recycleUnnamed keeps the unnamed statement being replaced for reuse by
+// a later Parse (see newStmtInfo).
+func (s *session) recycleUnnamed(old *stmtInfo) {
+	if old != nil && cap(old.parse) <= 4096 {
+		s.unnamedSpare = old
+	}
+}

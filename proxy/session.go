@@ -95,13 +95,16 @@ type session struct {
 	// fatal is set when the session must end (server lost, shutdown). (mu)
 	fatal error
 
-	stmts      map[string]*stmtInfo // client statement name -> statement
-	unnamed    *stmtInfo
-	unnamedGen uint64
-	lastBound  *stmtInfo
-	scratch    []byte
-	trace      bool   // log every message (debug level)
-	out        []byte // scratch for rewritten messages
+	stmts   map[string]*stmtInfo // client statement name -> statement
+	unnamed *stmtInfo
+	// unnamedSpare is a replaced unnamed statement kept for reuse
+	// (newStmtInfo, buffers.go).
+	unnamedSpare *stmtInfo
+	unnamedGen   uint64
+	lastBound    *stmtInfo
+	scratch      []byte
+	trace        bool   // log every message (debug level)
+	out          []byte // scratch for rewritten messages
 }
 
 // run serves the client until it leaves. It owns conn.
