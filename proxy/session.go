@@ -132,7 +132,7 @@ func (s *session) serve() {
 // setState records a state transition (mu held).
 func (s *session) setStateLocked(st sessState) {
 	if s.state != st {
-		if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		if s.trace { // debug level enabled (newSession)
 			s.log.Debug("session state", "from", s.state.String(), "to", st.String())
 		}
 		s.state = st
