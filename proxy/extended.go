@@ -181,7 +181,7 @@ func (s *session) handleParse(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Parse message"), false)
 	}
-	d := s.srv.classify(string(query))
+	d := s.srv.classifyBytes(query)
 	if d.Reason == routing.ReasonHintRejected {
 		return s.localError(errWriteToReplica, false)
 	}
@@ -195,7 +195,8 @@ func (s *session) handleParse(body []byte) error {
 		}
 		pn = stmtName(s.settings.sig, query, params)
 	}
-	info := &stmtInfo{name: pn, decision: d}
+	info := s.newStmtInfo(pn)
+	info.decision = d
 	info.parse = append(info.parse, pn...)
 	info.parse = append(info.parse, 0)
 	info.parse = append(info.parse, query...)
@@ -222,6 +223,7 @@ func (s *session) handleParse(body []byte) error {
 	}
 	s.out = s.out[:0]
 	if pn == "" {
+		s.recycleUnnamed(s.unnamed)
 		s.unnamed = info
 		s.unnamedGen++
 		b.unnamedBy, b.unnamedGen = s, s.unnamedGen
@@ -394,7 +396,7 @@ func (s *session) handleQuery(body []byte) error {
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Query message")
 	}
-	d := s.srv.classify(string(body[:len(body)-1]))
+	d := s.srv.classifyBytes(body[:len(body)-1])
 	if d.Reason == routing.ReasonHintRejected {
 		return s.localError(errWriteToReplica, true)
 	}

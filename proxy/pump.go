@@ -28,6 +28,7 @@ func (s *session) pump(b *backend, done chan struct{}) {
 			s.mu.Unlock()
 			return
 		}
+		s.clientWriterLocked()
 		for b.r.Buffered() > 0 {
 			if err := s.serverMessageLocked(b); err != nil {
 				s.mu.Unlock()
@@ -109,7 +110,7 @@ func (s *session) emitDueLocked() {
 		if s.skipping && s.skipCycle == x.cycle && !isReady(x.msg) {
 			continue
 		}
-		s.w.Write(x.msg)
+		s.clientWriterLocked().Write(x.msg)
 		if x.synthErr {
 			s.startSkipLocked(x.cycle)
 		}

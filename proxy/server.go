@@ -211,6 +211,12 @@ func (s *Server) classify(sql string) routing.Decision {
 	return s.classifier.Classify(sql)
 }
 
+// classifyBytes classifies a message body without copying it when its
+// shape is cached.
+func (s *Server) classifyBytes(sql []byte) routing.Decision {
+	return s.classifier.ClassifyBytes(sql)
+}
+
 // registerCancel mints a unique cancel key for a session.
 func (s *Server) registerCancel(sess *session) cancelKey {
 	for {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pgsluice/pgsluice/config"
@@ -42,7 +43,14 @@ type session struct {
 	cfg  *config.Config
 	log  *slog.Logger
 	conn net.Conn
-	r    *bufio.Reader // client reader: session goroutine only
+	r    *bufio.Reader // client reader: session goroutine only; nil while waiting (buffers.go)
+	// Pooled client buffers (buffers.go): rawc is the plain client socket
+	// (nil under TLS); wSmall is s.w while no pooled writer is held (mu).
+	rawc      syscall.RawConn
+	peekFn    func(fd uintptr) bool
+	peekCalls int
+	wSmall    *bufio.Writer
+	wPooled   bool // s.w is a pooled writer (mu)
 
 	user, database string
 	admitted       bool       // counted against pool.max_client_conn
@@ -87,29 +95,44 @@ type session struct {
 	// fatal is set when the session must end (server lost, shutdown). (mu)
 	fatal error
 
-	stmts      map[string]*stmtInfo // client statement name -> statement
-	unnamed    *stmtInfo
-	unnamedGen uint64
-	lastBound  *stmtInfo
-	scratch    []byte
-	trace      bool   // log every message (debug level)
-	out        []byte // scratch for rewritten messages
+	stmts   map[string]*stmtInfo // client statement name -> statement
+	unnamed *stmtInfo
+	// unnamedSpare is a replaced unnamed statement kept for reuse
+	// (newStmtInfo, buffers.go).
+	unnamedSpare *stmtInfo
+	unnamedGen   uint64
+	lastBound    *stmtInfo
+	scratch      []byte
+	trace        bool   // log every message (debug level)
+	out          []byte // scratch for rewritten messages
 }
 
 // run serves the client until it leaves. It owns conn.
 func (s *session) run(ctx context.Context) {
-	defer s.cleanup()
 	if err := s.startup(ctx); err != nil {
 		s.log.Debug("client login failed", "err", err)
+		s.cleanup()
 		return
 	}
+	// Serve the logged-in client on a fresh goroutine: login (SCRAM,
+	// pgproto3) grows this one's stack to several KiB, which an idle
+	// client would otherwise keep (memory per idle client, bench
+	// scenario 5). Counted in srv.wg like this one.
+	s.srv.wg.Add(1)
+	go s.serve()
+}
+
+// serve runs the session loop of a logged-in client, then cleans up.
+func (s *session) serve() {
+	defer s.srv.wg.Done()
+	defer s.cleanup()
 	s.loop()
 }
 
 // setState records a state transition (mu held).
 func (s *session) setStateLocked(st sessState) {
 	if s.state != st {
-		if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		if s.trace { // debug level enabled (newSession)
 			s.log.Debug("session state", "from", s.state.String(), "to", st.String())
 		}
 		s.state = st
@@ -119,8 +142,10 @@ func (s *session) setStateLocked(st sessState) {
 // loop reads client messages until Terminate, EOF or a fatal error.
 func (s *session) loop() {
 	max := int(s.cfg.MaxMessageSize)
+	s.initClientBuffers()
 	for {
-		if s.r.Buffered() == 0 {
+		var err error
+		if s.r == nil || s.r.Buffered() == 0 {
 			if err := s.flushServer(); err != nil {
 				s.serverWriteFailed(err)
 				return
@@ -129,8 +154,13 @@ func (s *session) loop() {
 				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 				return
 			}
+			err = s.waitClient()
 		}
-		typ, n, err := wire.PeekHeader(s.r, max)
+		var typ byte
+		var n int
+		if err == nil {
+			typ, n, err = wire.PeekHeader(s.r, max)
+		}
 		if err != nil {
 			switch {
 			case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
@@ -213,9 +243,9 @@ func (s *session) attach(d *routing.Decision) error {
 	}
 	s.mu.Unlock()
 	p, n := s.choose(d)
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.AcquireTimeout+s.cfg.Pool.ConnectTimeout)
-	b, err := p.acquire(ctx)
-	cancel()
+	// No context deadline: acquire bounds its wait by pool.acquire_timeout
+	// (a timer only when it must wait) and dialing by pool.connect_timeout.
+	b, err := p.acquire(context.Background())
 	if err != nil {
 		if n != s.srv.topo.writer() && !errors.Is(err, pgerr.ErrAcquireTimeout) {
 			// A replica we cannot reach: take it out of rotation and
@@ -439,11 +469,17 @@ func (s *session) safeToReleaseLocked() bool {
 }
 
 // flushClientLocked flushes the client writer (mu held).
+// A pooled writer goes back to its pool once it is empty.
 func (s *session) flushClientLocked() error {
 	if s.w.Buffered() == 0 {
+		s.putClientWriterLocked()
 		return nil
 	}
-	return s.w.Flush()
+	err := s.w.Flush()
+	if err == nil {
+		s.putClientWriterLocked()
+	}
+	return err
 }
 
 // sendFatal writes a FATAL ErrorResponse to the client.
@@ -508,6 +544,9 @@ func (s *session) cleanup() {
 		}
 		b.pool.release(b)
 	}
+	s.mu.Lock()
+	s.releaseClientBuffersLocked()
+	s.mu.Unlock()
 	if s.key != (cancelKey{}) {
 		s.srv.cancels.Delete(s.key)
 	}
