@@ -30,6 +30,8 @@ type TargetConfig struct {
 	TLS            bool          // accept TLS from clients (use testTLS's certificate)
 	// Tweak edits the full proxy configuration last.
 	Tweak func(*config.Config)
+	// Registry receives the proxy's metrics (default: a fresh one).
+	Registry *prometheus.Registry
 }
 
 // defaultTargetConfig returns the configuration every test starts from.
@@ -93,7 +95,11 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 		tc.Tweak(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log})
+	reg := tc.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Logger: log})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

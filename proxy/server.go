@@ -100,6 +100,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 	if s.topo, err = newTopology(&cfg, log, reg); err != nil {
 		return nil, err
 	}
+	s.topo.classifier = s.classifier
 	return s, nil
 }
 
