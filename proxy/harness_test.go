@@ -46,6 +46,10 @@ func defaultTargetConfig() TargetConfig {
 	}
 }
 
+// routingOff makes startProxy turn routing.enabled off (see
+// TestSessionTrackingRoutingOff).
+var routingOff bool
+
 // viaProxy is true when startTarget returns a pgsluice DSN; assertions that
 // only hold through a pool (backend counts bounded by PoolSize) check it.
 var viaProxy bool
@@ -90,6 +94,9 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 		if err := os.WriteFile(cfg.TLS.KeyFile, testTLS.keyPEM, 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if routingOff {
+		cfg.Routing.Enabled = false
 	}
 	if tc.Tweak != nil {
 		tc.Tweak(&cfg)

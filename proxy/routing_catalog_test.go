@@ -161,3 +161,43 @@ BEGIN INSERT INTO ro_log VALUES (1); RETURN 1; END $$`)
 		}
 	}
 }
+
+// With routing.enabled=false the proxy skips classifying texts that cannot
+// touch the session (routing.MayAffectSession); SET tracking, pins and
+// prepared statements must work exactly as with routing on. The session
+// tests run again with routing off, plus an advisory-lock pin check.
+func TestSessionTrackingRoutingOff(t *testing.T) {
+	routingOff = true
+	defer func() { routingOff = false }()
+	t.Run("SearchPathIsolation", TestSearchPathIsolation)
+	t.Run("ListenNotify", TestListenNotify)
+	t.Run("NamedPreparedStatements", TestNamedPreparedStatements)
+	t.Run("StartupParametersFollowClient", TestStartupParametersFollowClient)
+	t.Run("AdvisoryLockPins", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		dsn := startTarget(t, cluster, func(c *TargetConfig) { c.PoolSize = 3 })
+		a := connect(t, ctx, dsn)
+		var pid, again int
+		if err := a.QueryRow(ctx, "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock(4242)) l").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		others := make([]*pgx.Conn, 3)
+		for i := range others {
+			others[i] = connect(t, ctx, dsn)
+		}
+		for i := 0; i < 20; i++ {
+			for _, o := range others[:2] {
+				if _, err := o.Exec(ctx, "SELECT 1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := a.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&again); err != nil {
+				t.Fatal(err)
+			}
+			if again != pid {
+				t.Fatalf("after pg_advisory_lock the session moved from backend %d to %d: not pinned", pid, again)
+			}
+		}
+	})
+}
