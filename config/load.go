@@ -50,6 +50,7 @@ func Default() Config {
 			MaxReplicaLag:     64 << 20,
 			MaxReplicaLagTime: 30 * time.Second,
 			ReadYourWrites:    "connection",
+			CatalogRefresh:    60 * time.Second,
 			Monitor:           MonitorConfig{Database: "postgres"},
 		},
 		Log: LogConfig{Level: "info", Format: "text"},
@@ -367,6 +368,12 @@ func (c Config) Validate() error {
 	}
 	if c.Routing.MaxReplicaLag < 0 || c.Routing.MaxReplicaLagTime < 0 {
 		add("routing.max_replica_lag", "want >= 0")
+	}
+	if c.Routing.RYWWait < 0 {
+		add("routing.ryw_wait", "want >= 0, got %s", c.Routing.RYWWait)
+	}
+	if c.Routing.CatalogRefresh < 0 {
+		add("routing.catalog_refresh", "want >= 0 (0 disables the periodic reload), got %s", c.Routing.CatalogRefresh)
 	}
 	if c.Routing.ShapeCacheSize < 1 {
 		add("routing.shape_cache_size", "want >= 1, got %d", c.Routing.ShapeCacheSize)

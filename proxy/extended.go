@@ -105,6 +105,7 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 			if d != nil && writesData(d) {
 				s.wrote = true
 			}
+			s.noteAttachedLocked(d)
 			return s.b, nil
 		}
 		s.mu.Unlock()
@@ -116,7 +117,11 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 // When the client has nothing more buffered the bytes are flushed at once;
 // otherwise they wait for the next message (one syscall per batch).
 func (s *session) send(b *backend) error {
-	_, err := b.w.Write(s.out)
+	msg := s.out
+	if s.retry.rec {
+		msg = s.recordForRetry()
+	}
+	_, err := b.w.Write(msg)
 	s.out = s.out[:0]
 	if err == nil && s.r.Buffered() == 0 {
 		err = b.w.Flush()
@@ -125,6 +130,9 @@ func (s *session) send(b *backend) error {
 		}
 	} else {
 		s.dirty = b
+	}
+	if err != nil && s.retry.rec {
+		err = s.retryWriteFailed(b, err)
 	}
 	s.end()
 	return err

@@ -33,6 +33,8 @@ type TargetConfig struct {
 	Log io.Writer
 	// Tweak edits the full proxy configuration last.
 	Tweak func(*config.Config)
+	// Registry receives the proxy's metrics (default: a fresh one).
+	Registry *prometheus.Registry
 }
 
 // defaultTargetConfig returns the configuration every test starts from.
@@ -46,6 +48,10 @@ func defaultTargetConfig() TargetConfig {
 		TLS:            false,
 	}
 }
+
+// routingOff makes startProxy turn routing.enabled off (see
+// TestSessionTrackingRoutingOff).
+var routingOff bool
 
 // viaProxy is true when startTarget returns a pgsluice DSN; assertions that
 // only hold through a pool (backend counts bounded by PoolSize) check it.
@@ -92,6 +98,9 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 			t.Fatal(err)
 		}
 	}
+	if routingOff {
+		cfg.Routing.Enabled = false
+	}
 	if tc.Tweak != nil {
 		tc.Tweak(&cfg)
 	}
@@ -99,7 +108,11 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 	if tc.Log != nil {
 		log = slog.New(slog.NewTextHandler(tc.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log})
+	reg := tc.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Logger: log})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

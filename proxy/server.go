@@ -101,6 +101,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 	if s.topo, err = newTopology(&cfg, log, reg); err != nil {
 		return nil, err
 	}
+	s.topo.classifier = s.classifier
 	return s, nil
 }
 
@@ -208,6 +209,11 @@ func (s *Server) poolFor(database, user, password, addr string) *pool {
 
 // classify classifies SQL text through the shared shape cache.
 func (s *Server) classify(sql string) routing.Decision {
+	if !s.cfgNow().Routing.Enabled && !routing.MayAffectSession(sql) {
+		// Not routing: only pins, SETs and resets matter, and this text
+		// has none (a substring test ~7x cheaper than a cache hit).
+		return routing.SessionNeutralDecision()
+	}
 	return s.classifier.Classify(sql)
 }
 

@@ -105,6 +105,12 @@ type session struct {
 	scratch      []byte
 	trace        bool   // log every message (debug level)
 	out          []byte // scratch for rewritten messages
+	// retry records a read cycle sent to a replica so that it can be
+	// replayed elsewhere if the replica fails (retry.go).
+	retry retryState
+	// catalogDDL: the current transaction ran DDL that may change
+	// functions; reload their volatility when it ends (mu).
+	catalogDDL bool
 }
 
 // run serves the client until it leaves. It owns conn.
@@ -302,6 +308,9 @@ func (s *session) wakePumpLocked() {
 // pushLocked queues an op and emits synthetic responses that are due.
 func (s *session) pushLocked(o op) {
 	o.cycle = s.cycle
+	if s.retry.rec {
+		s.recordOpLocked(o)
+	}
 	s.ops.push(o)
 	s.wakePumpLocked()
 	if o.kind == opSynth {
@@ -421,10 +430,20 @@ func (s *session) flushServer() error {
 	}
 	b := s.dirty
 	s.mu.Lock()
+	if b != s.b {
+		// Replaced after a failure (retry.go) or released: its
+		// unflushed bytes must not reach a server.
+		s.mu.Unlock()
+		s.dirty = nil
+		return nil
+	}
 	s.inflight++
 	s.mu.Unlock()
 	err := b.w.Flush()
 	s.dirty = nil
+	if err != nil && s.retry.rec {
+		err = s.retryWriteFailed(b, err)
+	}
 	s.end()
 	return err
 }
