@@ -324,7 +324,9 @@ func (s *session) handleDescribe(body []byte) error {
 		s.out = wire.AppendHeader(s.out, 'D', len(body))
 		s.out = append(s.out, body...)
 	}
-	s.pushLocked(op{kind: opDescribe})
+	o := op{kind: opDescribe}
+	s.cacheNoteOpLocked(&o, nil)
+	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
 	return s.send(b)
@@ -335,13 +337,16 @@ func (s *session) handleExecute(body []byte) error {
 		return s.forwardRaw('E', body)
 	}
 	o := op{kind: opExecute}
+	var d *routing.Decision
 	if s.lastBound != nil {
 		o.sets = effects(&s.lastBound.decision)
+		d = &s.lastBound.decision
 	}
 	b, err := s.lockAttached(nil)
 	if err != nil {
 		return s.localError(err, false)
 	}
+	s.cacheNoteOpLocked(&o, d)
 	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
@@ -404,12 +409,20 @@ func (s *session) handleQuery(body []byte) error {
 	if d.Pin != routing.PinNone {
 		s.pin(d.Pin)
 	}
+	if s.srv.cache != nil {
+		if done, err := s.cacheQuery(&d, body); done || err != nil {
+			return err
+		}
+	}
 	b, err := s.lockAttached(&d)
 	if err != nil {
+		s.cache.capture, s.cache.fillPrimary = nil, false
 		return s.localError(err, true)
 	}
 	b.unnamedBy = nil // a simple query replaces the unnamed statement
-	s.pushLocked(op{kind: opQuery, sets: effects(&d)})
+	o := op{kind: opQuery, sets: effects(&d)}
+	s.cacheNoteOpLocked(&o, &d)
+	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
 	s.out = wire.AppendHeader(s.out[:0], 'Q', len(body))

@@ -151,6 +151,9 @@ func (s *session) serverMessageLocked(b *backend) error {
 		return err
 	}
 	head := s.ops.front()
+	if head != nil && head.cap != nil {
+		s.cacheCaptureLocked(b, head, typ, n)
+	}
 	drop := head != nil && head.kind.dropped()
 	if s.trace {
 		h := -1
@@ -207,6 +210,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if !drop {
 			wire.WriteMessage(s.w, 'C', body)
 		}
+		s.cacheCompleteLocked(head)
 		if head != nil && head.kind == opExecute {
 			s.txn.add(head.sets)
 			s.ops.pop()
@@ -270,6 +274,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if x.kind == opQuery && !s.txn.cycleErr {
 			s.txn.add(x.sets)
 		}
+		s.cacheTxEndLocked(status)
 		if x.kind != opSettings {
 			wire.WriteMessage(s.w, 'Z', body)
 			s.txStatus = status

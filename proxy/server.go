@@ -39,6 +39,7 @@ type Server struct {
 	classifier *routing.Classifier
 	topo       *topology
 	topoOnce   sync.Once
+	cache      *serverCache // nil when cache.backend is off
 	tlsConfig  *tls.Config
 	requireTLS bool
 
@@ -98,6 +99,9 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 	}
 	s.m = m
 	if s.topo, err = newTopology(&cfg, log, reg); err != nil {
+		return nil, err
+	}
+	if s.cache, err = newServerCache(cfg.Cache, reg, log); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -270,6 +274,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		w.Write([]byte("ready\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.HandleFunc("/cache/flush", s.serveCacheFlush)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
 	s.admin = srv
@@ -366,5 +371,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.topoOnce.Do(func() {})
 	s.topo.close()
+	s.cache.close()
 	return err
 }

@@ -94,6 +94,7 @@ type session struct {
 	scratch    []byte
 	trace      bool   // log every message (debug level)
 	out        []byte // scratch for rewritten messages
+	cache      cacheState
 }
 
 // run serves the client until it leaves. It owns conn.
@@ -172,6 +173,11 @@ func (s *session) handle(typ byte, body []byte) error {
 			s.localSkip = false
 		default:
 			return nil
+		}
+	}
+	if s.srv.cache != nil {
+		if done, err := s.cacheExtended(typ, body); done || err != nil {
+			return err
 		}
 	}
 	switch typ {
@@ -507,6 +513,7 @@ func (s *session) cleanup() {
 	if s.key != (cancelKey{}) {
 		s.srv.cancels.Delete(s.key)
 	}
+	s.cacheSessionEnded()
 	s.srv.sessionEnded(s)
 }
 

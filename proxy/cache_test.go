@@ -1,0 +1,367 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/deploy/local"
+	"github.com/pgsluice/pgsluice/proxy"
+)
+
+// withCache configures the cache on top of the default target config.
+func withCache(backend string, rules ...config.CacheRule) func(*TargetConfig) {
+	return func(tc *TargetConfig) {
+		tc.Tweak = func(cfg *config.Config) {
+			cfg.Cache.Backend = backend
+			cfg.Cache.Rules = rules
+			if backend == config.CacheRedis || backend == config.CacheTiered {
+				cfg.Cache.Redis.Addr = cluster.Redis.Addr()
+				// The machine is shared and slow at times: a generous
+				// timeout keeps these tests about the proxy, not Redis
+				// latency (TestCacheRedisKilled covers the outage).
+				cfg.Cache.Redis.Timeout = 500 * time.Millisecond
+			}
+		}
+	}
+}
+
+// rawConn is a hijacked protocol connection: tests send frontend messages
+// and read the exact backend bytes.
+type rawConn struct {
+	t  *testing.T
+	c  net.Conn
+	fe *pgproto3.Frontend
+}
+
+func rawConnect(t *testing.T, ctx context.Context, dsn string) *rawConn {
+	t.Helper()
+	pc, err := pgconn.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect %s: %v", dsn, err)
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hc.Conn.Close() })
+	return &rawConn{t: t, c: hc.Conn, fe: pgproto3.NewFrontend(bufio.NewReader(hc.Conn), hc.Conn)}
+}
+
+// roundTrip sends msgs and returns every backend message, encoded, up to
+// and including ReadyForQuery.
+func (r *rawConn) roundTrip(msgs ...pgproto3.FrontendMessage) [][]byte {
+	r.t.Helper()
+	for _, m := range msgs {
+		r.fe.Send(m)
+	}
+	if err := r.fe.Flush(); err != nil {
+		r.t.Fatal(err)
+	}
+	r.c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var out [][]byte
+	for {
+		m, err := r.fe.Receive()
+		if err != nil {
+			r.t.Fatalf("receive: %v (after %d messages)", err, len(out))
+		}
+		if _, ok := m.(*pgproto3.ParameterStatus); ok {
+			continue
+		}
+		b, err := m.Encode(nil)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		out = append(out, b)
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			return out
+		}
+	}
+}
+
+func describe(msgs [][]byte) string {
+	var b strings.Builder
+	for _, m := range msgs {
+		fmt.Fprintf(&b, "%c(%d) ", m[0], len(m))
+	}
+	return b.String()
+}
+
+func sameBytes(t *testing.T, what string, got, want [][]byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d messages %s, want %d %s", what, len(got), describe(got), len(want), describe(want))
+	}
+	for i := range got {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("%s: message %d differs:\n got %q\nwant %q", what, i, got[i], want[i])
+		}
+	}
+}
+
+func cacheStats(srv *proxy.Server) proxy.CacheStats { return srv.CacheStats() }
+
+// A ruled query is answered from the cache the second time, with exactly
+// the bytes PostgreSQL sends, over the simple and the extended protocol.
+// Proof that the server did not run it: the table is changed directly on
+// the primary (bypassing the proxy) between the two reads, and the second
+// read still returns the old row.
+func TestCacheHitByteIdentical(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, backend := range []string{config.CacheMemory, config.CacheRedis, config.CacheTiered} {
+		t.Run(backend, func(t *testing.T) {
+			tbl := "cache_hit_" + backend
+			asApp(t, fmt.Sprintf("DROP TABLE IF EXISTS %[1]s; CREATE TABLE %[1]s(id int primary key, name text, price numeric); INSERT INTO %[1]s VALUES (1, 'a', 1.5), (2, 'b', 2.5)", tbl))
+			dsn, srv := startProxy(t, cluster, withCache(backend, config.CacheRule{Tables: []string{"public." + tbl}, TTL: time.Minute}))
+			direct := rawConnect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
+			via := rawConnect(t, ctx, dsn)
+
+			q := &pgproto3.Query{String: fmt.Sprintf("SELECT id, name, price FROM %s ORDER BY id", tbl)}
+			ext := []pgproto3.FrontendMessage{
+				&pgproto3.Parse{Query: fmt.Sprintf("SELECT id, name, price FROM %s WHERE id >= $1 ORDER BY id", tbl), ParameterOIDs: []uint32{23}},
+				&pgproto3.Bind{Parameters: [][]byte{[]byte("1")}, ResultFormatCodes: []int16{1, 0, 0}},
+				&pgproto3.Describe{ObjectType: 'P'},
+				&pgproto3.Execute{},
+				&pgproto3.Sync{},
+			}
+			wantQ := direct.roundTrip(q)
+			wantE := direct.roundTrip(ext...)
+			sameBytes(t, "simple miss", via.roundTrip(q), wantQ)
+			sameBytes(t, "extended miss", via.roundTrip(ext...), wantE)
+			before := cacheStats(srv)
+			if before.Stored < 2 {
+				t.Fatalf("after two misses: %+v, want 2 results stored", before)
+			}
+			asApp(t, fmt.Sprintf("UPDATE %s SET name = 'changed behind the proxy'", tbl))
+			sameBytes(t, "simple hit", via.roundTrip(q), wantQ)
+			sameBytes(t, "extended hit", via.roundTrip(ext...), wantE)
+			after := cacheStats(srv)
+			if after.Hits-before.Hits != 2 {
+				t.Fatalf("hits %d -> %d, want +2", before.Hits, after.Hits)
+			}
+			// Without Describe the cached reply has no RowDescription: a
+			// different key, filled from the server (which now has the
+			// new value), then cached too.
+			noDesc := []pgproto3.FrontendMessage{ext[0], ext[1], ext[3], ext[4]}
+			got := via.roundTrip(noDesc...)
+			if !bytes.Contains(bytes.Join(got, nil), []byte("changed behind the proxy")) {
+				t.Fatalf("extended without Describe: %s, want the server's current row", describe(got))
+			}
+			// A named statement prepared lazily, then bound twice.
+			named := []pgproto3.FrontendMessage{
+				&pgproto3.Parse{Name: "s1", Query: fmt.Sprintf("SELECT name FROM %s WHERE id = $1", tbl)},
+				&pgproto3.Sync{},
+			}
+			via.roundTrip(named...)
+			bindExec := []pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: "s1", Parameters: [][]byte{[]byte("2")}}, &pgproto3.Execute{}, &pgproto3.Sync{}}
+			first := via.roundTrip(bindExec...)
+			h := cacheStats(srv).Hits
+			second := via.roundTrip(bindExec...)
+			sameBytes(t, "named statement hit", second, first)
+			if cacheStats(srv).Hits != h+1 {
+				t.Fatalf("named statement: no hit")
+			}
+		})
+	}
+}
+
+// A write through the proxy makes the next read fresh: autocommit, explicit
+// transaction (invalidated at commit), TRUNCATE, and a write in another
+// schema-qualified spelling of the table.
+func TestCacheWriteInvalidates(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, "DROP TABLE IF EXISTS cache_w; CREATE TABLE cache_w(id int primary key, v int); INSERT INTO cache_w VALUES (1, 0)")
+	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_w"}, TTL: time.Hour}))
+	c := connect(t, ctx, dsn)
+	other := connect(t, ctx, dsn)
+	read := func(conn *pgx.Conn, mode pgx.QueryExecMode) int {
+		t.Helper()
+		var v int
+		err := conn.QueryRow(ctx, "SELECT coalesce(sum(v), -1) FROM cache_w WHERE id >= $1", mode, 0).Scan(&v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec}
+	expect := func(want int, step string) {
+		t.Helper()
+		for _, m := range modes {
+			for _, conn := range []*pgx.Conn{c, other} {
+				if got := read(conn, m); got != want {
+					t.Fatalf("%s: mode %v read %d, want %d (stale cache)", step, m, got, want)
+				}
+			}
+		}
+	}
+	expect(0, "initial")
+	expect(0, "cached")
+	if cacheStats(srv).Hits == 0 {
+		t.Fatal("nothing was served from the cache")
+	}
+	if _, err := c.Exec(ctx, "UPDATE cache_w SET v = 5 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	expect(5, "after autocommit UPDATE")
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "UPDATE public.cache_w SET v = 7 WHERE id = $1", 1); err != nil {
+		t.Fatal(err)
+	}
+	// Inside the transaction the writer's own read must see its write
+	// (no cache inside a transaction that wrote).
+	var v int
+	if err := tx.QueryRow(ctx, "SELECT coalesce(sum(v), -1) FROM cache_w WHERE id >= $1", 0).Scan(&v); err != nil || v != 7 {
+		t.Fatalf("read inside the writing transaction: %d %v, want 7", v, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect(7, "after COMMIT")
+	if _, err := c.Exec(ctx, "TRUNCATE cache_w"); err != nil {
+		t.Fatal(err)
+	}
+	expect(-1, "after TRUNCATE")
+	if _, err := c.Exec(ctx, "INSERT INTO cache_w VALUES (1, 3)"); err != nil {
+		t.Fatal(err)
+	}
+	expect(3, "after INSERT")
+	// Opaque write: DO flushes the database.
+	if _, err := c.Exec(ctx, "DO $$BEGIN UPDATE cache_w SET v = 9; END$$"); err != nil {
+		t.Fatal(err)
+	}
+	expect(9, "after DO")
+	// Writes outside the proxy are invisible until invalidated: the admin
+	// endpoint does it.
+	asApp(t, "UPDATE cache_w SET v = 11")
+	if got := read(c, pgx.QueryExecModeSimpleProtocol); got != 9 {
+		t.Fatalf("read after a write behind the proxy = %d, want the cached 9 (proves the cache answers)", got)
+	}
+	admin := serveAdmin(t, srv)
+	post(t, admin+"/cache/flush?table=public.cache_w")
+	expect(11, "after POST /cache/flush?table=")
+	asApp(t, "UPDATE cache_w SET v = 12")
+	post(t, admin+"/cache/flush")
+	expect(12, "after POST /cache/flush")
+}
+
+func serveAdmin(t *testing.T, srv *proxy.Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeAdmin(ln)
+	return "http://" + ln.Addr().String()
+}
+
+func post(t *testing.T, url string) {
+	t.Helper()
+	resp, err := http.Post(url, "text/plain", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST %s: %s", url, resp.Status)
+	}
+}
+
+// Hints: ttl caches with no rule; nocache wins over a rule; a rule does not
+// apply to statements outside it.
+func TestCacheHints(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, "DROP TABLE IF EXISTS cache_h, cache_h2; CREATE TABLE cache_h(v int); INSERT INTO cache_h VALUES (1); CREATE TABLE cache_h2(v int); INSERT INTO cache_h2 VALUES (1)")
+	dsn, _ := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_h"}, TTL: time.Hour}))
+	c := connect(t, ctx, dsn)
+	get := func(sql string) int {
+		t.Helper()
+		var v int
+		if err := c.QueryRow(ctx, sql).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	cases := []struct {
+		sql    string
+		cached bool
+	}{
+		{"SELECT v FROM cache_h", true},
+		{"/* pgsluice: nocache */ SELECT v FROM cache_h", false},
+		{"SELECT v FROM cache_h2", false},
+		{"/* pgsluice: cache ttl=1s */ SELECT v FROM cache_h2", true},
+		{"SELECT cache_h.v FROM cache_h, cache_h2 LIMIT 1", false}, // reads a table outside the rule
+	}
+	for i, tc := range cases {
+		get(tc.sql)
+		asApp(t, fmt.Sprintf("UPDATE cache_h SET v = %d; UPDATE cache_h2 SET v = %d", 100+i, 100+i))
+		got := get(tc.sql)
+		if cached := got != 100+i; cached != tc.cached {
+			t.Errorf("%q: second read %d, cached=%v want %v", tc.sql, got, cached, tc.cached)
+		}
+	}
+	// The ttl hint expires.
+	sql := "/* pgsluice: cache ttl=300ms */ SELECT v FROM cache_h2"
+	get(sql)
+	asApp(t, "UPDATE cache_h2 SET v = 555")
+	deadline := time.Now().Add(5 * time.Second)
+	for get(sql) != 555 {
+		if time.Now().After(deadline) {
+			t.Fatal("ttl=300ms entry still served after 5s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Role A never receives role B's cached rows: a row-level-security policy
+// gives each role different rows for the same statement.
+func TestCacheRoleIsolation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, `DROP TABLE IF EXISTS cache_rls; CREATE TABLE cache_rls(owner text, secret text);
+		INSERT INTO cache_rls VALUES ('app', 'app-secret'), ('md5u', 'md5u-secret');
+		ALTER TABLE cache_rls ENABLE ROW LEVEL SECURITY; ALTER TABLE cache_rls FORCE ROW LEVEL SECURITY;
+		CREATE POLICY own ON cache_rls USING (owner = current_user); GRANT SELECT ON cache_rls TO md5u`)
+	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_rls"}, TTL: time.Hour}))
+	a := connect(t, ctx, dsn)
+	b := connect(t, ctx, dsnFor(t, dsn, "md5u", "md5pass", "app"))
+	for i := 0; i < 3; i++ {
+		for _, x := range []struct {
+			c    *pgx.Conn
+			want string
+		}{{a, "app-secret"}, {b, "md5u-secret"}} {
+			for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+				rows, err := x.c.Query(ctx, "SELECT secret FROM cache_rls", mode)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != 1 || got[0] != x.want {
+					t.Fatalf("round %d: got %q, want only %q", i, got, x.want)
+				}
+			}
+		}
+	}
+	if cacheStats(srv).Hits < 4 {
+		t.Fatalf("stats %+v: the test did not exercise hits", cacheStats(srv))
+	}
+}
