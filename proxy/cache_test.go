@@ -5,9 +5,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -363,5 +366,194 @@ func TestCacheRoleIsolation(t *testing.T) {
 	}
 	if cacheStats(srv).Hits < 4 {
 		t.Fatalf("stats %+v: the test did not exercise hits", cacheStats(srv))
+	}
+}
+
+// checker runs writers and readers on shared rows through several proxies
+// and counts reads older than a write acknowledged before the read began.
+type checker struct {
+	rows                       int
+	acked                      []atomic.Int64 // highest acknowledged value per row
+	reads, writes, stale, errs atomic.Int64
+	mu                         sync.Mutex
+	staleAt                    []time.Time // start times of stale reads
+	firstErr                   atomic.Value
+}
+
+func (c *checker) noteErr(err error) {
+	c.errs.Add(1)
+	c.firstErr.CompareAndSwap(nil, err.Error())
+}
+
+// run drives the workload for d, calling mid (if any) halfway through.
+func (c *checker) run(t *testing.T, ctx context.Context, dsns []string, d time.Duration) {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec}
+	for i, dsn := range dsns {
+		w := connect(t, ctx, dsn)
+		wg.Add(1)
+		go func(seed int) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(seed), 1))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := rnd.IntN(c.rows)
+				var v int64
+				if err := w.QueryRow(ctx, "UPDATE cache_chk SET v = v + 1 WHERE id = $1 RETURNING v", id).Scan(&v); err != nil {
+					c.noteErr(err)
+					continue
+				}
+				c.writes.Add(1)
+				for {
+					cur := c.acked[id].Load()
+					if v <= cur || c.acked[id].CompareAndSwap(cur, v) {
+						break
+					}
+				}
+				time.Sleep(time.Duration(5+rnd.IntN(20)) * time.Millisecond)
+			}
+		}(i)
+		for j := 0; j < 2; j++ {
+			r := connect(t, ctx, dsn)
+			wg.Add(1)
+			go func(seed int) {
+				defer wg.Done()
+				rnd := rand.New(rand.NewPCG(uint64(seed), 2))
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					id := rnd.IntN(c.rows)
+					floor := c.acked[id].Load()
+					start := time.Now()
+					var v int64
+					var err error
+					if n%4 == 3 {
+						err = r.QueryRow(ctx, fmt.Sprintf("SELECT v FROM cache_chk WHERE id = %d", id), pgx.QueryExecModeSimpleProtocol).Scan(&v)
+					} else {
+						err = r.QueryRow(ctx, "SELECT v FROM cache_chk WHERE id = $1", modes[n%3], id).Scan(&v)
+					}
+					if err != nil {
+						c.noteErr(err)
+						continue
+					}
+					c.reads.Add(1)
+					if v < floor {
+						c.stale.Add(1)
+						c.mu.Lock()
+						c.staleAt = append(c.staleAt, start)
+						c.mu.Unlock()
+					}
+				}
+			}(i*10 + j)
+		}
+	}
+	time.Sleep(d)
+	close(stop)
+	wg.Wait()
+}
+
+func newChecker(t *testing.T, rows int) *checker {
+	t.Helper()
+	sql := "DROP TABLE IF EXISTS cache_chk; CREATE TABLE cache_chk(id int primary key, v bigint not null); INSERT INTO cache_chk SELECT g, 0 FROM generate_series(0, " + fmt.Sprint(rows-1) + ") g"
+	asApp(t, sql)
+	return &checker{rows: rows, acked: make([]atomic.Int64, rows)}
+}
+
+// startCheckerProxies starts n proxies in tiered mode sharing the cluster's
+// Redis.
+func startCheckerProxies(t *testing.T, n int) ([]string, []*proxy.Server) {
+	t.Helper()
+	var dsns []string
+	var srvs []*proxy.Server
+	for i := 0; i < n; i++ {
+		dsn, srv := startProxy(t, cluster, withCache(config.CacheTiered, config.CacheRule{Tables: []string{"cache_chk"}, TTL: time.Minute}))
+		dsns = append(dsns, dsn)
+		srvs = append(srvs, srv)
+	}
+	return dsns, srvs
+}
+
+func totalHits(srvs []*proxy.Server) uint64 {
+	var n uint64
+	for _, s := range srvs {
+		n += s.CacheStats().Hits
+	}
+	return n
+}
+
+// Writers and readers on shared rows through three proxy instances sharing
+// Redis (tiered): no read returns a value older than a write acknowledged
+// before the read started.
+func TestCacheCheckerThreeProxies(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	c := newChecker(t, 4)
+	dsns, srvs := startCheckerProxies(t, 3)
+	c.run(t, ctx, dsns, 5*time.Second)
+	hits := totalHits(srvs)
+	t.Logf("writes=%d reads=%d hits=%d stale=%d errors=%d", c.writes.Load(), c.reads.Load(), hits, c.stale.Load(), c.errs.Load())
+	if c.errs.Load() != 0 {
+		t.Errorf("%d client errors, first: %v", c.errs.Load(), c.firstErr.Load())
+	}
+	if c.writes.Load() < 50 || c.reads.Load() < 200 || hits < 50 {
+		t.Fatalf("workload too small to mean anything: writes=%d reads=%d hits=%d", c.writes.Load(), c.reads.Load(), hits)
+	}
+	if c.stale.Load() != 0 {
+		t.Fatalf("%d stale reads after acknowledged writes", c.stale.Load())
+	}
+}
+
+// Killing Redis mid-run causes no client error; stale reads can only come
+// from the documented bound (a memory entry verified against Redis at most
+// StaleBound=1s before Redis went away); caching resumes when Redis is back.
+func TestCacheRedisKilled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	c := newChecker(t, 4)
+	dsns, srvs := startCheckerProxies(t, 3)
+	t.Cleanup(func() { cluster.StartRedis() })
+	var stopped, restarted time.Time
+	var hitsAtRestart uint64
+	killed := make(chan struct{})
+	go func() {
+		defer close(killed)
+		time.Sleep(2 * time.Second)
+		stopped = time.Now()
+		if err := cluster.StopRedis(); err != nil {
+			t.Error(err)
+		}
+		time.Sleep(3 * time.Second)
+		if err := cluster.StartRedis(); err != nil {
+			t.Error(err)
+		}
+		restarted = time.Now()
+		hitsAtRestart = totalHits(srvs)
+	}()
+	c.run(t, ctx, dsns, 10*time.Second)
+	<-killed
+	hits := totalHits(srvs)
+	t.Logf("writes=%d reads=%d hits=%d (at restart %d) stale=%d errors=%d", c.writes.Load(), c.reads.Load(), hits, hitsAtRestart, c.stale.Load(), c.errs.Load())
+	if restarted.IsZero() {
+		t.Fatal("redis was not restarted during the run")
+	}
+	if c.errs.Load() != 0 {
+		t.Errorf("%d client errors with Redis killed, first: %v", c.errs.Load(), c.firstErr.Load())
+	}
+	for _, at := range c.staleAt {
+		if at.Before(stopped.Add(-100*time.Millisecond)) || at.After(stopped.Add(1500*time.Millisecond)) {
+			t.Errorf("stale read started at %s: outside [redis stopped %s, +StaleBound]", at.Format("15:04:05.000"), stopped.Format("15:04:05.000"))
+		}
+	}
+	if hits <= hitsAtRestart+10 {
+		t.Errorf("caching did not resume after Redis came back: hits %d at restart, %d at the end", hitsAtRestart, hits)
 	}
 }
