@@ -557,3 +557,51 @@ func TestCacheRedisKilled(t *testing.T) {
 		t.Errorf("caching did not resume after Redis came back: hits %d at restart, %d at the end", hitsAtRestart, hits)
 	}
 }
+
+// With read_your_writes=user and a shared Redis, a user's write through one
+// instance is visible to that user's next read through another instance
+// while the replica's replay is paused; other users keep reading from the
+// replica.
+func TestReadYourWritesAcrossInstances(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	asApp(t, "DROP TABLE IF EXISTS ryw_x; CREATE TABLE ryw_x(id int primary key)")
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	shared := func(tc *TargetConfig) {
+		withReplica(tc)
+		replica := tc.Tweak
+		tc.Tweak = func(cfg *config.Config) {
+			replica(cfg)
+			cfg.Routing.ReadYourWrites = "user"
+			cfg.Cache.Backend = config.CacheTiered
+			cfg.Cache.Redis.Addr = cluster.Redis.Addr()
+			cfg.Cache.Redis.Timeout = 500 * time.Millisecond
+		}
+	}
+	dsnA := startTarget(t, cluster, shared)
+	dsnB := startTarget(t, cluster, shared)
+	writer := connect(t, ctx, dsnA)
+	reader := connect(t, ctx, dsnB)
+	other := connect(t, ctx, dsnFor(t, dsnB, "md5u", "md5pass", "app"))
+	waitReplicaReads(t, ctx, reader)
+	waitReplicaReads(t, ctx, other)
+	if err := cluster.PauseReplay(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cluster.ResumeReplay() })
+	for i := 0; i < 50; i++ {
+		if _, err := writer.Exec(ctx, "INSERT INTO ryw_x VALUES ($1)", i); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := reader.QueryRow(ctx, "SELECT count(*) FROM ryw_x WHERE id = $1", i).Scan(&n); err != nil || n != 1 {
+			t.Fatalf("write %d through instance A not visible to the same user through instance B: n=%d err=%v", i, n, err)
+		}
+	}
+	var rec bool
+	if err := other.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil || !rec {
+		t.Fatalf("another user's read left the replica: in_recovery=%v err=%v", rec, err)
+	}
+}

@@ -59,10 +59,13 @@ type topology struct {
 	// last committed: the read-your-writes scope "user".
 	writesMu sync.Mutex
 	writes   map[string]time.Time
+	// shared publishes writes to other instances (writeclock.go); nil
+	// unless read_your_writes is user and a Redis is configured.
+	shared *writeClock
 }
 
 func newTopology(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*topology, error) {
-	t := &topology{cfg: cfg, log: log, stop: make(chan struct{}), writes: map[string]time.Time{}}
+	t := &topology{cfg: cfg, log: log, stop: make(chan struct{}), writes: map[string]time.Time{}, shared: newWriteClock(cfg)}
 	t.primary = &node{name: "primary", addr: cfg.Primary.Addr(), weight: 1, configured: true}
 	t.nodes = append(t.nodes, t.primary)
 	for i, r := range cfg.Replicas {
@@ -110,6 +113,7 @@ func (t *topology) close() {
 	case <-t.stop:
 	default:
 		close(t.stop)
+		t.shared.close()
 	}
 	t.wg.Wait()
 }
@@ -254,12 +258,21 @@ func (t *topology) noteWrite(database, user string, at time.Time) {
 	t.writesMu.Lock()
 	t.writes[database+"\x00"+user] = at
 	t.writesMu.Unlock()
+	if t.shared != nil {
+		t.shared.note(database, user, at)
+	}
 }
 
 func (t *topology) lastWrite(database, user string) time.Time {
 	t.writesMu.Lock()
-	defer t.writesMu.Unlock()
-	return t.writes[database+"\x00"+user]
+	at := t.writes[database+"\x00"+user]
+	t.writesMu.Unlock()
+	if t.shared != nil {
+		if r := t.shared.last(database, user); r.After(at) {
+			at = r
+		}
+	}
+	return at
 }
 
 // reader picks the node for a read whose client last committed a write at
