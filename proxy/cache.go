@@ -289,6 +289,10 @@ type cacheState struct {
 	held []heldMsg
 	// tx accumulates what the current transaction wrote (mu).
 	tx cacheWrite
+	// memo is the decision of the last Parse text classified here, so
+	// that handleParse does not classify it again.
+	memoQuery string
+	memo      routing.Decision
 }
 
 type heldMsg struct {
@@ -539,8 +543,9 @@ func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
 	switch typ {
 	case 'P':
 		if len(held) == 0 && len(body) > 0 && body[0] == 0 {
-			if _, query, _, ok := parseMsg(body); ok {
+			if _, query, _, ok := parseMsg(body); ok && s.srv.cache.mayAsk(query) {
 				d := s.srv.classify(string(query))
+				s.cache.memoQuery, s.cache.memo = string(query), d
 				if s.srv.cache.ttlFor(&d) > 0 && d.Cacheable && s.cacheIdle() {
 					s.hold(typ, body)
 					s.cache.held[0].d = &d
@@ -573,6 +578,36 @@ func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
 		return false, s.releaseHeld()
 	}
 	return false, nil
+}
+
+// mayAsk reports whether a statement's text could be asked for by a rule
+// or a hint, cheaply: without rules only a hint can, and hints stand in a
+// comment before the first token.
+func (sc *serverCache) mayAsk(query []byte) bool {
+	if len(sc.byFP) > 0 || len(sc.byTables) > 0 {
+		return true
+	}
+	for _, c := range query {
+		switch c {
+		case ' ', '\t', '\n', '\r', '\f', '(':
+			continue
+		case '/', '-':
+			return true
+		}
+		return false
+	}
+	return false
+}
+
+// classifyParse classifies a Parse's text, reusing the decision the cache
+// hook just made for it.
+func (s *session) classifyParse(query []byte) routing.Decision {
+	if s.cache.memoQuery != "" && s.cache.memoQuery == string(query) {
+		d := s.cache.memo
+		s.cache.memoQuery, s.cache.memo = "", routing.Decision{}
+		return d
+	}
+	return s.srv.classify(string(query))
 }
 
 func (s *session) cacheIdle() bool {
