@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -65,6 +66,46 @@ type serverCache struct {
 	nMisses  atomic.Uint64
 	nSkipped atomic.Uint64
 	nStored  atomic.Uint64
+
+	// flights are the fills in progress, by key: a concurrent miss of
+	// the same key waits for the fill (at most flightWait) and looks
+	// again instead of running the statement too.
+	flightMu sync.Mutex
+	flights  map[cachelayer.Key]*flight
+}
+
+// flight is one fill in progress; done is closed when its result is
+// stored or known not to be.
+type flight struct {
+	done    chan struct{}
+	started time.Time
+}
+
+// flightWait bounds how long a miss waits for another client's fill of the
+// same key. A leader whose fill never completes (its client left) is
+// replaced after it.
+const flightWait = time.Second
+
+// join returns the flight of key and whether the caller leads it.
+func (sc *serverCache) join(key cachelayer.Key) (*flight, bool) {
+	sc.flightMu.Lock()
+	defer sc.flightMu.Unlock()
+	if f := sc.flights[key]; f != nil && time.Since(f.started) < flightWait {
+		return f, false
+	}
+	f := &flight{done: make(chan struct{}), started: time.Now()}
+	sc.flights[key] = f
+	return f, true
+}
+
+// leave ends a flight.
+func (sc *serverCache) leave(key cachelayer.Key, f *flight) {
+	sc.flightMu.Lock()
+	if sc.flights[key] == f {
+		delete(sc.flights, key)
+	}
+	sc.flightMu.Unlock()
+	close(f.done)
 }
 
 type tableRule struct {
@@ -80,7 +121,8 @@ func newServerCache(cfg config.CacheConfig, reg prometheus.Registerer, log *slog
 	if cfg.Backend == config.CacheOff || cfg.Backend == "" {
 		return nil, nil
 	}
-	sc := &serverCache{cfg: cfg, backend: cfg.Backend, maxEntry: int(cfg.MaxEntryBytes), byFP: map[uint64]time.Duration{}}
+	sc := &serverCache{cfg: cfg, backend: cfg.Backend, maxEntry: int(cfg.MaxEntryBytes), byFP: map[uint64]time.Duration{},
+		flights: map[cachelayer.Key]*flight{}}
 	for _, r := range cfg.Rules {
 		if r.Fingerprint != "" {
 			var fp uint64
@@ -269,12 +311,22 @@ func (sc *serverCache) writeOf(d *routing.Decision) *cacheWrite {
 // cacheCapture collects the frames of one result while the pump forwards
 // them. Owned by the pump (under the session mutex) once its op is queued.
 type cacheCapture struct {
-	key  cachelayer.Key
-	gens cachelayer.Gens
-	ttl  time.Duration
-	buf  []byte
-	bad  bool
-	done bool
+	key    cachelayer.Key
+	gens   cachelayer.Gens
+	ttl    time.Duration
+	buf    []byte
+	bad    bool
+	done   bool
+	sc     *serverCache
+	flight *flight // nil when this fill does not lead a flight
+}
+
+// finish ends the capture's flight, once: waiters look the key up again.
+func (c *cacheCapture) finish() {
+	if c != nil && c.flight != nil {
+		c.sc.leave(c.key, c.flight)
+		c.flight = nil
+	}
 }
 
 // cacheState is a session's cache bookkeeping.
@@ -362,14 +414,32 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 		sc.nHits.Add(1)
 		return f, nil
 	}
+	f, leader := sc.join(key)
+	if !leader {
+		timer := time.NewTimer(flightWait)
+		select {
+		case <-f.done:
+		case <-timer.C:
+		}
+		timer.Stop()
+		if fr, ok := sc.c.Get(ctx, s.database, key); ok {
+			sc.lookups.WithLabelValues("shared").Inc()
+			sc.nHits.Add(1)
+			return fr, nil
+		}
+		f = nil // fill without a flight
+	}
 	sc.lookups.WithLabelValues("miss").Inc()
 	sc.nMisses.Add(1)
+	capture = &cacheCapture{key: key, ttl: ttl, sc: sc, flight: f}
 	gens, ok := sc.c.Generations(ctx, s.database, tablesOf(d))
 	if !ok {
 		sc.stores.WithLabelValues("no_snapshot").Inc()
+		capture.finish()
 		return nil, nil
 	}
-	return nil, &cacheCapture{key: key, gens: gens, ttl: ttl}
+	capture.gens = gens
+	return nil, capture
 }
 
 func (sc *serverCache) skip(reason string) {
@@ -400,6 +470,18 @@ func (s *session) cacheQuery(d *routing.Decision, body []byte) (done bool, err e
 		s.cache.fillPrimary = true
 	}
 	return false, nil
+}
+
+// cacheDropCapture forgets a capture that no op took (the statement was
+// not sent).
+func (s *session) cacheDropCapture() {
+	if s.cache.capture != nil {
+		s.mu.Lock() // the pump may hold it too (a Describe took it)
+		s.cache.capture.finish()
+		s.mu.Unlock()
+		s.cache.capture = nil
+	}
+	s.cache.fillPrimary = false
 }
 
 // cacheNoteOpLocked attaches the pending capture and the statement's writes
@@ -439,6 +521,7 @@ func (s *session) cacheCaptureLocked(b *backend, head *op, typ byte, n int) {
 		// An error, a notice, a suspended portal, an asynchronous
 		// message: not a plain result.
 		c.bad, c.done, c.buf = true, true, nil
+		c.finish()
 		if typ != 'E' {
 			s.srv.cache.stores.WithLabelValues("not_plain").Inc()
 		}
@@ -459,6 +542,7 @@ func (s *session) cacheCaptureLocked(b *backend, head *op, typ byte, n int) {
 		return
 	}
 	c.done = true
+	defer c.finish()
 	if c.bad {
 		return
 	}
@@ -697,8 +781,7 @@ func (s *session) cacheExecute(exec []byte) (bool, error) {
 		if err == nil {
 			err = s.handleExecute(exec)
 		}
-		s.cache.capture = nil
-		s.cache.fillPrimary = false
+		s.cacheDropCapture()
 		return true, err
 	}
 	s.cache.held = nil

@@ -605,3 +605,44 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 		t.Fatalf("another user's read left the replica: in_recovery=%v err=%v", rec, err)
 	}
 }
+
+// Concurrent misses of one key run the statement once: the others wait for
+// that fill and are answered from the cache.
+func TestCacheSingleFlight(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, "DROP TABLE IF EXISTS cache_sf; CREATE TABLE cache_sf(v int); INSERT INTO cache_sf SELECT generate_series(1, 700)")
+	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory))
+	const n = 8
+	conns := make([]*pgx.Conn, n)
+	for i := range conns {
+		conns[i] = connect(t, ctx, dsn)
+	}
+	// Slow: a join of 490,000 rows (tens to hundreds of ms).
+	const sql = "/* pgsluice: cache ttl=1m */ SELECT count(*) FROM cache_sf a, cache_sf b"
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	for _, c := range conns {
+		wg.Add(1)
+		go func(c *pgx.Conn) {
+			defer wg.Done()
+			<-start
+			var v int64
+			if err := c.QueryRow(ctx, sql, pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != 490000 {
+				errs <- fmt.Errorf("v=%d err=%v", v, err)
+			}
+		}(c)
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st := srv.CacheStats()
+	t.Logf("stats %+v", st)
+	if st.Stored != 1 || st.Misses != 1 || st.Hits != n-1 {
+		t.Fatalf("%d concurrent misses of one key: stored=%d misses=%d hits=%d, want the statement run once (1, 1, %d)", n, st.Stored, st.Misses, st.Hits, n-1)
+	}
+}

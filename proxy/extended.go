@@ -416,7 +416,7 @@ func (s *session) handleQuery(body []byte) error {
 	}
 	b, err := s.lockAttached(&d)
 	if err != nil {
-		s.cache.capture, s.cache.fillPrimary = nil, false
+		s.cacheDropCapture()
 		return s.localError(err, true)
 	}
 	b.unnamedBy = nil // a simple query replaces the unnamed statement
