@@ -633,7 +633,6 @@ func warmOne(ctx context.Context, addr string, l Login) error {
 	return c.SimpleQuery(cctx, "SELECT 1")
 }
 
-
 // scenario7: feature cost, pgsluice with routing off vs on (metrics are
 // always on).
 func (r *runner) scenario7(ctx context.Context) error {
