@@ -498,13 +498,15 @@ func TestCacheCheckerThreeProxies(t *testing.T) {
 	defer cancel()
 	c := newChecker(t, 4)
 	dsns, srvs := startCheckerProxies(t, 3)
-	c.run(t, ctx, dsns, 5*time.Second)
+	c.run(t, ctx, dsns, 8*time.Second)
 	hits := totalHits(srvs)
 	t.Logf("writes=%d reads=%d hits=%d stale=%d errors=%d", c.writes.Load(), c.reads.Load(), hits, c.stale.Load(), c.errs.Load())
 	if c.errs.Load() != 0 {
 		t.Errorf("%d client errors, first: %v", c.errs.Load(), c.firstErr.Load())
 	}
-	if c.writes.Load() < 50 || c.reads.Load() < 200 || hits < 50 {
+	// Loose floors: the machine may be very loaded; what matters is that
+	// reads, writes and hits interleaved at all.
+	if c.writes.Load() < 20 || c.reads.Load() < 100 || hits < 10 {
 		t.Fatalf("workload too small to mean anything: writes=%d reads=%d hits=%d", c.writes.Load(), c.reads.Load(), hits)
 	}
 	if c.stale.Load() != 0 {

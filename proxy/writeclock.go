@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,12 +23,27 @@ import (
 // reader with the time of its own samples of the primary's WAL position:
 // instances must have synchronised clocks (NTP); skew larger than the
 // health interval weakens the guarantee. Redis trouble degrades to the
-// instance-local record (counted nowhere else: the cache's own Redis
-// metrics show an outage). Safe for concurrent use.
+// instance-local record for a second after each failure (during an outage
+// a user's writes through another instance are not waited for; the cache's
+// own Redis metrics show the outage). Safe for concurrent use.
 type writeClock struct {
 	client  redis.UniversalClient
 	prefix  string
 	timeout time.Duration
+	// downUntil (Unix nanoseconds): after a Redis failure the clock is
+	// not consulted for writeClockBackoff, so that an unreachable Redis
+	// does not add its timeout to every read.
+	downUntil atomic.Int64
+}
+
+const writeClockBackoff = time.Second
+
+func (w *writeClock) usable() bool { return time.Now().UnixNano() >= w.downUntil.Load() }
+
+func (w *writeClock) failed(err error) {
+	if err != nil && !errors.Is(err, redis.Nil) {
+		w.downUntil.Store(time.Now().Add(writeClockBackoff).UnixNano())
+	}
 }
 
 // newWriteClock returns nil unless routing.read_your_writes is "user" and
@@ -65,21 +82,29 @@ func (w *writeClock) key(database, user string) string {
 
 // note publishes a committed write; the stored time only moves forward.
 func (w *writeClock) note(database, user string, at time.Time) {
+	if !w.usable() {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
 	defer cancel()
 	// Keep the later of the stored and the new time; expire long after
 	// any replica could still lag.
-	w.client.Eval(ctx, `local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+	err := w.client.Eval(ctx, `local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1], 'EX', 3600) end
-return 0`, []string{w.key(database, user)}, at.UnixNano())
+return 0`, []string{w.key(database, user)}, at.UnixNano()).Err()
+	w.failed(err)
 }
 
 // last returns the latest write time another instance published, or zero.
 func (w *writeClock) last(database, user string) time.Time {
+	if !w.usable() {
+		return time.Time{}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
 	defer cancel()
 	v, err := w.client.Get(ctx, w.key(database, user)).Int64()
 	if err != nil {
+		w.failed(err)
 		return time.Time{}
 	}
 	return time.Unix(0, v)
