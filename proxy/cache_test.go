@@ -261,6 +261,25 @@ func TestCacheWriteInvalidates(t *testing.T) {
 	asApp(t, "UPDATE cache_w SET v = 12")
 	post(t, admin+"/cache/flush")
 	expect(12, "after POST /cache/flush")
+	// A read filled between an UPDATE and its COMMIT caches the old
+	// value with generations taken after the statement's invalidation:
+	// only the invalidation at commit drops it.
+	tx, err = c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "UPDATE cache_w SET v = 20"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if got := read(other, pgx.QueryExecModeSimpleProtocol); got != 12 {
+			t.Fatalf("read during the other transaction = %d, want 12", got)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expect(20, "after COMMIT, with a read filled before it")
 }
 
 func serveAdmin(t *testing.T, srv *proxy.Server) string {
