@@ -185,9 +185,12 @@ type CacheRule struct {
 // proxy through logical replication (a slot and a publication on the
 // primary, read with pgoutput).
 type CacheInvalidationConfig struct {
-	LogicalReplication bool   `mapstructure:"logical_replication" yaml:"logical_replication"`
-	Slot               string `mapstructure:"slot" yaml:"slot"`
-	Publication        string `mapstructure:"publication" yaml:"publication"`
+	LogicalReplication bool `mapstructure:"logical_replication" yaml:"logical_replication"`
+	// Slot names the temporary slot; empty (the default) means a fresh
+	// name per connection, which several instances need.
+	Slot string `mapstructure:"slot" yaml:"slot"`
+	// Publication is created FOR ALL TABLES when missing.
+	Publication string `mapstructure:"publication" yaml:"publication"`
 }
 
 // Cache backends.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -59,7 +60,7 @@ func Default() Config {
 			MaxEntryBytes: 1 << 20,
 			Redis:         CacheRedisConfig{Timeout: 20 * time.Millisecond, KeyPrefix: "pgsluice"},
 			OnOpaqueWrite: "flush",
-			Invalidation:  CacheInvalidationConfig{Slot: "pgsluice_cache", Publication: "pgsluice_cache"},
+			Invalidation:  CacheInvalidationConfig{Publication: "pgsluice_cache"},
 		},
 	}
 }
@@ -388,6 +389,10 @@ func (c Config) Validate() error {
 	return &ValidationError{Problems: p}
 }
 
+// replIdentRE is what replication slot and publication names may look like
+// (so that they never need quoting).
+var replIdentRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
 // problems validates the cache section, naming each bad key.
 func (c CacheConfig) problems() []string {
 	var p []string
@@ -461,13 +466,13 @@ func (c CacheConfig) problems() []string {
 	default:
 		add("on_opaque_write", "want flush or ignore, got %q", c.OnOpaqueWrite)
 	}
+	if c.Invalidation.Slot != "" && !replIdentRE.MatchString(c.Invalidation.Slot) {
+		add("invalidation.slot", "use 1-63 characters among a-z, 0-9 and _ (empty: a fresh temporary slot per connection), got %q", c.Invalidation.Slot)
+	}
+	if !replIdentRE.MatchString(c.Invalidation.Publication) {
+		add("invalidation.publication", "use 1-63 characters among a-z, 0-9 and _, got %q", c.Invalidation.Publication)
+	}
 	if c.Invalidation.LogicalReplication {
-		if c.Invalidation.Slot == "" {
-			add("invalidation.slot", "required with cache.invalidation.logical_replication")
-		}
-		if c.Invalidation.Publication == "" {
-			add("invalidation.publication", "required with cache.invalidation.logical_replication")
-		}
 		if c.Backend == CacheOff {
 			add("invalidation.logical_replication", "needs a cache (cache.backend is off)")
 		}

@@ -141,11 +141,11 @@ cache:
     - {fingerprint: xyz, ttl: 0s}
     - {tables: [a], fingerprint: 2fcd54e4a1b8c0f3, ttl: 1s}
   on_opaque_write: panic
-  invalidation: {logical_replication: true, slot: ""}
+  invalidation: {logical_replication: true, slot: "Bad-Slot", publication: ""}
 `,
 			wantErr: []string{"cache.max_entry_bytes", "cache.redis.addr: required", "cache.redis.timeout", "cache.rules[0]: needs tables or fingerprint",
 				"cache.rules[1].fingerprint: want 16 hex digits", "cache.rules[1].ttl", "cache.rules[2]: set tables or fingerprint, not both",
-				"cache.on_opaque_write", "cache.invalidation.slot"},
+				"cache.on_opaque_write", "cache.invalidation.slot: use 1-63", "cache.invalidation.publication"},
 		},
 		{
 			name:    "cache backend and rule keys are checked",
