@@ -667,3 +667,79 @@ func TestCacheSingleFlight(t *testing.T) {
 		t.Fatalf("%d concurrent misses of one key: stored=%d misses=%d hits=%d, want the statement run once (1, 1, %d)", n, st.Stored, st.Misses, st.Hits, n-1)
 	}
 }
+
+// With cache.invalidation.logical_replication on, a write made directly on
+// the primary (bypassing the proxy) is seen through the proxy within 1 s.
+// It runs in its own database: the publication FOR ALL TABLES it creates
+// would refuse UPDATEs on keyless tables of other tests.
+func TestCacheLogicalReplication(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const db = "cache_lr"
+	if err := cluster.Exec(ctx, cluster.Primary, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Exec(ctx, cluster.Primary, "CREATE DATABASE "+db+" OWNER "+local.AppUser); err != nil {
+		t.Fatal(err)
+	}
+	direct, err := pgx.Connect(ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(context.Background())
+	if _, err := direct.Exec(ctx, "CREATE TABLE lr_t(id int primary key, v int); INSERT INTO lr_t VALUES (1, 0)"); err != nil {
+		t.Fatal(err)
+	}
+	dsn, srv := startProxy(t, cluster, func(tc *TargetConfig) {
+		withCache(config.CacheMemory, config.CacheRule{Tables: []string{"lr_t"}, TTL: time.Hour})(tc)
+		cacheTweak := tc.Tweak
+		tc.Tweak = func(cfg *config.Config) {
+			cacheTweak(cfg)
+			cfg.Cache.Invalidation.LogicalReplication = true
+			cfg.Routing.Monitor = config.MonitorConfig{User: local.Superuser, Database: "postgres"}
+		}
+	})
+	c := connect(t, ctx, dsnFor(t, dsn, local.AppUser, local.AppPassword, db))
+	// Wait for the stream: its temporary slot is active.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var n int
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND active AND plugin = 'pgoutput'", db).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no active pgoutput slot for the database after 60s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	read := func() int {
+		t.Helper()
+		var v int
+		if err := c.QueryRow(ctx, "SELECT v FROM lr_t WHERE id = 1").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for round := 1; round <= 3; round++ {
+		read()
+		hits := srv.CacheStats().Hits
+		read()
+		if srv.CacheStats().Hits != hits+1 {
+			t.Fatalf("round %d: the read was not cached", round)
+		}
+		if _, err := direct.Exec(ctx, "UPDATE lr_t SET v = $1 WHERE id = 1", round); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		for read() != round {
+			if time.Since(start) > time.Second {
+				t.Fatalf("round %d: a direct write on the primary not seen through the proxy after 1s", round)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Logf("round %d: direct write seen through the proxy after %v", round, time.Since(start).Round(time.Millisecond))
+	}
+}

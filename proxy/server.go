@@ -40,6 +40,12 @@ type Server struct {
 	topo       *topology
 	topoOnce   sync.Once
 	cache      *serverCache // nil when cache.backend is off
+	reg        prometheus.Registerer
+	// logrepl: databases whose invalidation stream runs (mu; cacheinval.go).
+	logrepl     map[string]bool
+	logreplCtx  context.Context
+	logreplStop context.CancelFunc
+	logreplWG   sync.WaitGroup
 	tlsConfig  *tls.Config
 	requireTLS bool
 
@@ -101,6 +107,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 	if s.topo, err = newTopology(&cfg, log, reg); err != nil {
 		return nil, err
 	}
+	s.reg = reg
 	if s.cache, err = newServerCache(cfg.Cache, reg, log); err != nil {
 		return nil, err
 	}
@@ -205,6 +212,7 @@ func (s *Server) poolFor(database, user, password, addr string) *pool {
 	if p == nil {
 		p = newPool(k, password, s.cfgNow(), s.log, s.m)
 		s.pools[k] = p
+		s.startLogreplLocked(database)
 	}
 	return p
 }
@@ -371,6 +379,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.topoOnce.Do(func() {})
 	s.topo.close()
+	s.stopLogrepl()
 	s.cache.close()
 	return err
 }
