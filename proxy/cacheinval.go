@@ -17,8 +17,10 @@ import (
 // logreplHandler turns stream reports into cache invalidations.
 type logreplHandler struct{ s *Server }
 
-func (h logreplHandler) Changed(database string, tables []string) { h.s.invalidateTables(database, tables) }
-func (h logreplHandler) Reset(database string)                    { h.s.flushCache(database) }
+func (h logreplHandler) Changed(database string, tables []string) {
+	h.s.invalidateTables(database, tables)
+}
+func (h logreplHandler) Reset(database string) { h.s.flushCache(database) }
 
 // startLogreplLocked starts the stream of database once (s.mu held).
 func (s *Server) startLogreplLocked(database string) {

@@ -46,8 +46,8 @@ type Server struct {
 	logreplCtx  context.Context
 	logreplStop context.CancelFunc
 	logreplWG   sync.WaitGroup
-	tlsConfig  *tls.Config
-	requireTLS bool
+	tlsConfig   *tls.Config
+	requireTLS  bool
 
 	mu       sync.Mutex
 	pools    map[poolKey]*pool
