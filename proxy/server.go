@@ -40,14 +40,16 @@ type Server struct {
 	topo       *topology
 	topoOnce   sync.Once
 	cache      *serverCache // nil when cache.backend is off
-	reg        prometheus.Registerer
-	// logrepl: databases whose invalidation stream runs (mu; cacheinval.go).
+	tlsConfig  *tls.Config
+	requireTLS bool
+
+	// The result cache's Registerer and logical-replication streams
+	// (cacheinval.go): databases whose stream runs (mu).
+	reg         prometheus.Registerer
 	logrepl     map[string]bool
 	logreplCtx  context.Context
 	logreplStop context.CancelFunc
 	logreplWG   sync.WaitGroup
-	tlsConfig   *tls.Config
-	requireTLS  bool
 
 	mu       sync.Mutex
 	pools    map[poolKey]*pool
