@@ -51,6 +51,20 @@
 // connection whose settings signature differs is brought in line with one
 // injected query before the client's first message.
 //
+// # Result cache
+//
+// cache.go wires cachelayer in. Between transactions, with nothing in
+// flight, a statement a rule or hint asks for is looked up by a key over
+// database, user, session settings, text, parameters and formats; a hit is
+// answered with the stored frames as synthetic ops (no server attached).
+// On a miss the generations are snapshotted, the statement is sent to the
+// writer with a capture attached to its op, and the pump copies the
+// RowDescription/DataRow/CommandComplete frames it forwards and stores them
+// at CommandComplete. Extended-protocol Parse/Bind/Describe of the unnamed
+// portal are held back until the Execute decides. Writes invalidate the
+// tables they wrote at CommandComplete and again at the ReadyForQuery that
+// ends their transaction, before the client sees it.
+//
 // # Failure
 //
 // A client that leaves with a transaction open, a COPY running or anything in

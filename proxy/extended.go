@@ -189,7 +189,7 @@ func (s *session) handleParse(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Parse message"), false)
 	}
-	d := s.srv.classifyBytes(query)
+	d := s.classifyParse(query)
 	if d.Reason == routing.ReasonHintRejected {
 		return s.localError(errWriteToReplica, false)
 	}
@@ -334,7 +334,9 @@ func (s *session) handleDescribe(body []byte) error {
 		s.out = wire.AppendHeader(s.out, 'D', len(body))
 		s.out = append(s.out, body...)
 	}
-	s.pushLocked(op{kind: opDescribe})
+	o := op{kind: opDescribe}
+	s.cacheNoteOpLocked(&o, nil)
+	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
 	return s.send(b)
@@ -345,13 +347,16 @@ func (s *session) handleExecute(body []byte) error {
 		return s.forwardRaw('E', body)
 	}
 	o := op{kind: opExecute}
+	var d *routing.Decision
 	if s.lastBound != nil {
 		o.sets = effects(&s.lastBound.decision)
+		d = &s.lastBound.decision
 	}
 	b, err := s.lockAttached(nil)
 	if err != nil {
 		return s.localError(err, false)
 	}
+	s.cacheNoteOpLocked(&o, d)
 	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
@@ -414,12 +419,20 @@ func (s *session) handleQuery(body []byte) error {
 	if d.Pin != routing.PinNone {
 		s.pin(d.Pin)
 	}
+	if s.srv.cache != nil {
+		if done, err := s.cacheQuery(&d, body); done || err != nil {
+			return err
+		}
+	}
 	b, err := s.lockAttached(&d)
 	if err != nil {
+		s.cacheDropCapture()
 		return s.localError(err, true)
 	}
 	b.unnamedBy = nil // a simple query replaces the unnamed statement
-	s.pushLocked(op{kind: opQuery, sets: effects(&d)})
+	o := op{kind: opQuery, sets: effects(&d)}
+	s.cacheNoteOpLocked(&o, &d)
+	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
 	s.out = wire.AppendHeader(s.out[:0], 'Q', len(body))

@@ -66,10 +66,13 @@ type topology struct {
 	// catalogReq asks for a reload (catalog.go).
 	classifier *routing.Classifier
 	catalogReq chan struct{}
+	// shared publishes writes to other instances (writeclock.go); nil
+	// unless read_your_writes is user and a Redis is configured.
+	shared *writeClock
 }
 
 func newTopology(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*topology, error) {
-	t := &topology{cfg: cfg, log: log, stop: make(chan struct{}), writes: map[string]time.Time{}, catalogReq: make(chan struct{}, 1)}
+	t := &topology{cfg: cfg, log: log, stop: make(chan struct{}), writes: map[string]time.Time{}, catalogReq: make(chan struct{}, 1), shared: newWriteClock(cfg)}
 	t.primary = &node{name: "primary", addr: cfg.Primary.Addr(), weight: 1, configured: true, kick: make(chan struct{}, 1)}
 	t.nodes = append(t.nodes, t.primary)
 	for i, r := range cfg.Replicas {
@@ -124,6 +127,7 @@ func (t *topology) close() {
 	case <-t.stop:
 	default:
 		close(t.stop)
+		t.shared.close()
 	}
 	t.wg.Wait()
 }
@@ -278,12 +282,21 @@ func (t *topology) noteWrite(database, user string, at time.Time) {
 	t.writesMu.Lock()
 	t.writes[database+"\x00"+user] = at
 	t.writesMu.Unlock()
+	if t.shared != nil {
+		t.shared.note(database, user, at)
+	}
 }
 
 func (t *topology) lastWrite(database, user string) time.Time {
 	t.writesMu.Lock()
-	defer t.writesMu.Unlock()
-	return t.writes[database+"\x00"+user]
+	at := t.writes[database+"\x00"+user]
+	t.writesMu.Unlock()
+	if t.shared != nil {
+		if r := t.shared.last(database, user); r.After(at) {
+			at = r
+		}
+	}
+	return at
 }
 
 // reader picks the node for a read whose client last committed a write at

@@ -44,6 +44,10 @@ type op struct {
 	// sets are session settings to record when the op completes
 	// successfully (a SET through the simple or extended protocol).
 	sets *pendingSets
+	// cap captures the op's result for the cache; inval is what the
+	// statement writes (see cache.go).
+	cap   *cacheCapture
+	inval *cacheWrite
 }
 
 // opQueue is a FIFO ring of ops. Guarded by the session mutex.

@@ -169,6 +169,9 @@ func (s *session) serverMessageLocked(b *backend) error {
 		return err
 	}
 	head := s.ops.front()
+	if head != nil && head.cap != nil {
+		s.cacheCaptureLocked(b, head, typ, n)
+	}
 	drop := head != nil && head.kind.dropped()
 	if s.retry.armed && typ != 'E' {
 		if done, err := s.retryScreenLocked(b, typ, n, head, drop); done || err != nil {
@@ -234,6 +237,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if !drop {
 			wire.WriteMessage(s.w, 'C', body)
 		}
+		s.cacheCompleteLocked(head)
 		if head != nil && head.kind == opExecute {
 			s.txn.add(head.sets)
 			s.ops.pop()
@@ -306,6 +310,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if x.kind == opQuery && !s.txn.cycleErr {
 			s.txn.add(x.sets)
 		}
+		s.cacheTxEndLocked(status)
 		if x.kind != opSettings {
 			wire.WriteMessage(s.w, 'Z', body)
 			s.txStatus = status

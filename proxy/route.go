@@ -27,7 +27,7 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 		}
 		return s.poolOn(w), w
 	}
-	if d == nil || !s.cfg.Routing.Enabled || len(topo.nodes) == 1 || d.Target != routing.TargetReplica ||
+	if d == nil || !s.cfg.Routing.Enabled || len(topo.nodes) == 1 || d.Target != routing.TargetReplica || s.cache.fillPrimary ||
 		s.routeOverride == "primary" || d.Hints.Route == "primary" {
 		return writer()
 	}

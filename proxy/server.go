@@ -39,8 +39,17 @@ type Server struct {
 	classifier *routing.Classifier
 	topo       *topology
 	topoOnce   sync.Once
+	cache      *serverCache // nil when cache.backend is off
 	tlsConfig  *tls.Config
 	requireTLS bool
+
+	// The result cache's Registerer and logical-replication streams
+	// (cacheinval.go): databases whose stream runs (mu).
+	reg         prometheus.Registerer
+	logrepl     map[string]bool
+	logreplCtx  context.Context
+	logreplStop context.CancelFunc
+	logreplWG   sync.WaitGroup
 
 	mu       sync.Mutex
 	pools    map[poolKey]*pool
@@ -102,6 +111,10 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.topo.classifier = s.classifier
+	s.reg = reg
+	if s.cache, err = newServerCache(cfg.Cache, reg, log); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -203,15 +216,18 @@ func (s *Server) poolFor(database, user, password, addr string) *pool {
 	if p == nil {
 		p = newPool(k, password, s.cfgNow(), s.log, s.m)
 		s.pools[k] = p
+		s.startLogreplLocked(database)
 	}
 	return p
 }
 
 // classify classifies SQL text through the shared shape cache.
 func (s *Server) classify(sql string) routing.Decision {
-	if !s.cfgNow().Routing.Enabled && !routing.MayAffectSession(sql) {
-		// Not routing: only pins, SETs and resets matter, and this text
-		// has none (a substring test ~7x cheaper than a cache hit).
+	if !s.cfgNow().Routing.Enabled && s.cache == nil && !routing.MayAffectSession(sql) {
+		// Not routing and not caching (the cache needs the tables a
+		// statement reads and writes): only pins, SETs and resets
+		// matter, and this text has none (a substring test ~7x cheaper
+		// than a cache hit).
 		return routing.SessionNeutralDecision()
 	}
 	return s.classifier.Classify(sql)
@@ -283,6 +299,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		w.Write([]byte("ready\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.HandleFunc("/cache/flush", s.serveCacheFlush)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
 	s.admin = srv
@@ -379,5 +396,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.topoOnce.Do(func() {})
 	s.topo.close()
+	s.stopLogrepl()
+	s.cache.close()
 	return err
 }

@@ -111,6 +111,7 @@ type session struct {
 	// catalogDDL: the current transaction ran DDL that may change
 	// functions; reload their volatility when it ends (mu).
 	catalogDDL bool
+	cache      cacheState
 }
 
 // run serves the client until it leaves. It owns conn.
@@ -208,6 +209,11 @@ func (s *session) handle(typ byte, body []byte) error {
 			s.localSkip = false
 		default:
 			return nil
+		}
+	}
+	if s.srv.cache != nil {
+		if done, err := s.cacheExtended(typ, body); done || err != nil {
+			return err
 		}
 	}
 	switch typ {
@@ -569,6 +575,7 @@ func (s *session) cleanup() {
 	if s.key != (cancelKey{}) {
 		s.srv.cancels.Delete(s.key)
 	}
+	s.cacheSessionEnded()
 	s.srv.sessionEnded(s)
 }
 
