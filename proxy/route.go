@@ -27,7 +27,8 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 		}
 		return s.poolOn(w), w
 	}
-	if d == nil || !s.cfg.Routing.Enabled || len(topo.nodes) == 1 || d.Target != routing.TargetReplica ||
+	rc := s.srv.cfgNow().Routing // routing settings reload live
+	if d == nil || !rc.Enabled || len(topo.list()) == 1 || d.Target != routing.TargetReplica ||
 		s.routeOverride == "primary" || d.Hints.Route == "primary" {
 		return writer()
 	}
@@ -38,7 +39,7 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 	if pinned {
 		return writer()
 	}
-	switch s.cfg.Routing.ReadYourWrites {
+	switch rc.ReadYourWrites {
 	case "off":
 		last = time.Time{}
 	case "user":
@@ -62,7 +63,10 @@ func (s *session) poolOn(n *node) *pool {
 	if n.addr == s.pool.key.addr {
 		return s.pool
 	}
-	password, _ := s.cfg.UserPassword(s.user)
+	password, ok := s.srv.cfgNow().UserPassword(s.user)
+	if !ok { // the user was removed by a reload: its sessions carry on
+		password = s.pool.password()
+	}
 	return s.srv.poolFor(s.database, s.user, password, n.addr)
 }
 
@@ -73,7 +77,7 @@ func (s *session) noteReadyLocked(status byte) {
 		s.wrote = false
 		now := time.Now()
 		s.lastWrite = now
-		if s.cfg.Routing.ReadYourWrites == "user" {
+		if s.srv.cfgNow().Routing.ReadYourWrites == "user" {
 			s.srv.topo.noteWrite(s.database, s.user, now)
 		}
 	}

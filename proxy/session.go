@@ -213,7 +213,8 @@ func (s *session) attach(d *routing.Decision) error {
 	}
 	s.mu.Unlock()
 	p, n := s.choose(d)
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.AcquireTimeout+s.cfg.Pool.ConnectTimeout)
+	pc := p.cfg().Pool // the pool's settings, which reload live
+	ctx, cancel := context.WithTimeout(context.Background(), pc.AcquireTimeout+pc.ConnectTimeout)
 	b, err := p.acquire(ctx)
 	cancel()
 	if err != nil {
