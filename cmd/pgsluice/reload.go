@@ -40,7 +40,7 @@ func (r *reloader) reload(trigger string) error {
 		var ve *config.ValidationError
 		if errors.As(err, &ve) {
 			for _, p := range ve.Problems {
-				key, msg, _ := strings.Cut(p, ": ")
+				key, msg := problemKey(p)
 				r.log.Error("configuration reload rejected; the running configuration stays in force", "trigger", trigger, "file", r.path, "key", key, "problem", msg)
 			}
 		} else {
@@ -104,4 +104,32 @@ func fileSum(path string) []byte {
 	}
 	s := sha256.Sum256(b)
 	return s[:]
+}
+
+// problemKey splits one config.ValidationError problem into the key it
+// names and the rest, for a log line with a key= attribute. It knows the
+// shapes Load produces: "pool.size: want >= 1", "'pool' has invalid keys:
+// sise, foo" (unknown keys, listed as pool.sise,pool.foo) and
+// "'pool.acquire_timeout' time: invalid duration …".
+func problemKey(p string) (key, msg string) {
+	if rest, ok := strings.CutPrefix(p, "'"); ok {
+		if prefix, after, ok := strings.Cut(rest, "'"); ok {
+			if keys, ok := strings.CutPrefix(after, " has invalid keys: "); ok {
+				var full []string
+				for _, k := range strings.Split(keys, ",") {
+					k = strings.TrimSpace(k)
+					if prefix != "" {
+						k = prefix + "." + k
+					}
+					full = append(full, k)
+				}
+				return strings.Join(full, ","), "unknown key"
+			}
+			return prefix, strings.TrimSpace(after)
+		}
+	}
+	if k, m, ok := strings.Cut(p, ": "); ok {
+		return k, m
+	}
+	return "", p
 }
