@@ -214,9 +214,10 @@ func (p *pool) discard(b *backend) {
 	p.release(b)
 }
 
-// handOffSlotLocked gives a freed slot to the oldest waiter, who will dial.
+// handOffSlotLocked gives a freed slot to the oldest waiter, who will dial,
+// unless the pool is at pool.size (a reload shrank it).
 func (p *pool) handOffSlotLocked() {
-	if len(p.waiters) == 0 || p.closed {
+	if len(p.waiters) == 0 || p.closed || p.total >= p.cfg().Pool.Size {
 		return
 	}
 	w := p.waiters[0]

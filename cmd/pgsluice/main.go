@@ -55,6 +55,10 @@ func run(args []string) int {
 	level := new(slog.LevelVar)
 	level.Set(logLevel(cfg.Log.Level))
 	log := newLogger(cfg.Log, level)
+	// SIGHUP (reload) and SIGUSR2 (handover) are caught from here on: by
+	// default they would end the process.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP, syscall.SIGUSR2)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rl := &reloader{path: cfgPath, log: log, level: level, current: cfg}
@@ -88,8 +92,6 @@ func run(args []string) int {
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	hups := make(chan os.Signal, 1)
-	signal.Notify(hups, syscall.SIGHUP, syscall.SIGUSR2)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	watchCtx, stopWatch := context.WithCancel(context.Background())
