@@ -224,14 +224,9 @@ func (c fileConfig) dsn(user, password string) string {
 // serverBackends counts user's server connections on the primary.
 func serverBackends(t *testing.T, ctx context.Context, user string) int {
 	t.Helper()
-	su, err := pgx.Connect(ctx, cluster.Primary.SuperuserDSN("postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer su.Close(context.Background())
 	var n int
-	if err := su.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-		WHERE usename = $1 AND backend_type = 'client backend' AND application_name <> 'pgsluice_monitor'`, user).Scan(&n); err != nil {
+	if err := cluster.QueryRow(ctx, cluster.Primary, `SELECT count(*) FROM pg_stat_activity
+		WHERE usename = $1 AND backend_type = 'client backend' AND application_name <> 'pgsluice_monitor'`, []any{user}, &n); err != nil {
 		t.Fatal(err)
 	}
 	return n
