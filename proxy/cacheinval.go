@@ -33,7 +33,7 @@ func (s *Server) startLogreplLocked(database string) {
 		s.logreplCtx, s.logreplStop = context.WithCancel(context.Background())
 	}
 	s.logrepl[database] = true
-	user, password := s.topo.monitorLogin()
+	user, password := monitorLogin(s.topo.conf())
 	lc := logrepl.Config{
 		Host: cfg.Primary.Host, Port: cfg.Primary.Port, User: user, Password: password, Database: database,
 		Slot: cfg.Cache.Invalidation.Slot, Publication: cfg.Cache.Invalidation.Publication,

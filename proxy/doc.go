@@ -72,4 +72,15 @@
 // that goes away under a busy client ends that client's session with a FATAL
 // error; other clients are unaffected. All errors reach clients through
 // proxy/pgerr, the one place that assigns SQLSTATEs.
+//
+// # Reload and handover
+//
+// The running configuration is an immutable *config.Config behind an
+// atomic pointer; so are each pool's and the topology's copies. Server.Reload
+// (reload.go) validates a new one, keeps the settings that cannot change live,
+// and swaps the snapshots section by section (the reloaders table); pools
+// resize in place, the topology swaps its node list. Listen (handover.go)
+// opens SO_REUSEPORT listeners that steer new connections to the newest
+// process on the port; Server.Handover drains the old accept queue, closes
+// it and serves the connected clients until they leave.
 package proxy

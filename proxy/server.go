@@ -27,6 +27,7 @@ type Options struct {
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger
+	Reload     func() error // re-reads and applies the configuration (admin RELOAD); nil: RELOAD reports it is not available
 }
 
 // Server is a running pgsluice proxy: the client listener, the pools and the
@@ -62,6 +63,13 @@ type Server struct {
 	cancels  sync.Map // cancelKey -> *session
 	wg       sync.WaitGroup
 	done     chan struct{}
+
+	reloadMu sync.Mutex // serialises Reload (reload.go)
+
+	// handover state (handover.go)
+	handingOver  atomic.Bool
+	handoverLeft atomic.Int32  // listeners not yet closed
+	handoverLns  chan struct{} // closed when they all are
 }
 
 // New builds a Server from a validated config. It opens nothing; call
@@ -145,6 +153,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
+			if s.handingOver.Load() {
+				if s.handoverAcceptFailed(ln, err) {
+					return nil
+				}
+				continue
+			}
 			if s.draining.Load() {
 				return nil
 			}
@@ -163,6 +177,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		tempDelay = 0
+		if s.handingOver.Load() {
+			s.handoverAccepted(ln)
+		}
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 			tc.SetKeepAlive(true)
