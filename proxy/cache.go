@@ -51,12 +51,10 @@ import (
 
 // serverCache is the Server's cache wiring; nil when cache.backend is off.
 type serverCache struct {
-	c        cachelayer.Cache
-	cfg      config.CacheConfig
-	backend  string
-	maxEntry int
-	byFP     map[uint64]time.Duration
-	byTables []tableRule
+	c       cachelayer.Cache
+	backend string
+	// rules is what may be cached and how: swapped whole by a reload.
+	rules atomic.Pointer[cacheRules]
 
 	lookups  *prometheus.CounterVec // result: hit | miss
 	skipped  *prometheus.CounterVec // reason
@@ -108,6 +106,36 @@ func (sc *serverCache) leave(key cachelayer.Key, f *flight) {
 	close(f.done)
 }
 
+// cacheRules is the live-reloadable part of the cache configuration: an
+// immutable snapshot, replaced whole by Server.Reload.
+type cacheRules struct {
+	maxEntry      int
+	byFP          map[uint64]time.Duration
+	byTables      []tableRule
+	onOpaqueWrite string
+}
+
+// newCacheRules compiles the rules of cfg.
+func newCacheRules(cfg config.CacheConfig) (*cacheRules, error) {
+	cr := &cacheRules{maxEntry: int(cfg.MaxEntryBytes), byFP: map[uint64]time.Duration{}, onOpaqueWrite: cfg.OnOpaqueWrite}
+	for _, r := range cfg.Rules {
+		if r.Fingerprint != "" {
+			var fp uint64
+			if _, err := fmt.Sscanf(r.Fingerprint, "%x", &fp); err != nil {
+				return nil, fmt.Errorf("cache.rules: fingerprint %q: %w", r.Fingerprint, err)
+			}
+			cr.byFP[fp] = r.TTL
+			continue
+		}
+		tr := tableRule{tables: map[string]bool{}, ttl: r.TTL}
+		for _, t := range r.Tables {
+			tr.tables[cacheTable(strings.ToLower(strings.TrimSpace(t)))] = true
+		}
+		cr.byTables = append(cr.byTables, tr)
+	}
+	return cr, nil
+}
+
 type tableRule struct {
 	tables map[string]bool
 	ttl    time.Duration
@@ -121,23 +149,12 @@ func newServerCache(cfg config.CacheConfig, reg prometheus.Registerer, log *slog
 	if cfg.Backend == config.CacheOff || cfg.Backend == "" {
 		return nil, nil
 	}
-	sc := &serverCache{cfg: cfg, backend: cfg.Backend, maxEntry: int(cfg.MaxEntryBytes), byFP: map[uint64]time.Duration{},
-		flights: map[cachelayer.Key]*flight{}}
-	for _, r := range cfg.Rules {
-		if r.Fingerprint != "" {
-			var fp uint64
-			if _, err := fmt.Sscanf(r.Fingerprint, "%x", &fp); err != nil {
-				return nil, fmt.Errorf("cache.rules: fingerprint %q: %w", r.Fingerprint, err)
-			}
-			sc.byFP[fp] = r.TTL
-			continue
-		}
-		tr := tableRule{tables: map[string]bool{}, ttl: r.TTL}
-		for _, t := range r.Tables {
-			tr.tables[cacheTable(strings.ToLower(strings.TrimSpace(t)))] = true
-		}
-		sc.byTables = append(sc.byTables, tr)
+	sc := &serverCache{backend: cfg.Backend, flights: map[cachelayer.Key]*flight{}}
+	rules, err := newCacheRules(cfg)
+	if err != nil {
+		return nil, err
 	}
+	sc.rules.Store(rules)
 	mem := func() *cachelayer.Memory {
 		return cachelayer.NewMemory(cachelayer.MemoryOptions{MaxBytes: int64(cfg.MaxBytes), MaxEntryBytes: int64(cfg.MaxEntryBytes)}, reg)
 	}
@@ -221,14 +238,15 @@ func (sc *serverCache) ttlFor(d *routing.Decision) time.Duration {
 	if d.Hints.CacheTTL > 0 {
 		return d.Hints.CacheTTL
 	}
-	if ttl, ok := sc.byFP[d.Fingerprint]; ok && d.Fingerprint != 0 {
+	rules := sc.rules.Load()
+	if ttl, ok := rules.byFP[d.Fingerprint]; ok && d.Fingerprint != 0 {
 		return ttl
 	}
 	if len(d.ReadTables) == 0 {
 		return 0
 	}
 next:
-	for _, r := range sc.byTables {
+	for _, r := range rules.byTables {
 		for _, t := range d.ReadTables {
 			if !r.tables[cacheTable(t)] {
 				continue next
@@ -299,7 +317,7 @@ func (sc *serverCache) writeOf(d *routing.Decision) *cacheWrite {
 		// GRANT/REVOKE, CREATE FUNCTION…: no table named, results may change.
 		opaque = len(w.tables) == 0
 	}
-	if opaque && sc.cfg.OnOpaqueWrite == "flush" {
+	if opaque && sc.rules.Load().onOpaqueWrite == "flush" {
 		w.flush = true
 	}
 	if w.empty() {
@@ -528,7 +546,7 @@ func (s *session) cacheCaptureLocked(b *backend, head *op, typ byte, n int) {
 		return
 	}
 	if !c.bad {
-		if len(c.buf)+5+n > s.srv.cache.maxEntry {
+		if len(c.buf)+5+n > s.srv.cache.rules.Load().maxEntry {
 			c.bad, c.buf = true, nil
 			s.srv.cache.stores.WithLabelValues("too_large").Inc()
 		} else if frame, err := b.r.Peek(5 + n); err != nil {
@@ -668,7 +686,7 @@ func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
 // or a hint, cheaply: without rules only a hint can, and hints stand in a
 // comment before the first token.
 func (sc *serverCache) mayAsk(query []byte) bool {
-	if len(sc.byFP) > 0 || len(sc.byTables) > 0 {
+	if r := sc.rules.Load(); len(r.byFP) > 0 || len(r.byTables) > 0 {
 		return true
 	}
 	for _, c := range query {

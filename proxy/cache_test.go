@@ -733,3 +733,58 @@ func TestCacheLogicalReplication(t *testing.T) {
 		t.Logf("round %d: direct write seen through the proxy after %v", round, time.Since(start).Round(time.Millisecond))
 	}
 }
+
+// Cache rules reload live: a rule added by Reload caches from the next
+// statement, a rule removed stops new fills, and the backend cannot change
+// while the process runs (reported, old value kept).
+func TestCacheRulesReload(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, "DROP TABLE IF EXISTS cache_rl; CREATE TABLE cache_rl(v int); INSERT INTO cache_rl VALUES (1)")
+	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory))
+	c := connect(t, ctx, dsn)
+	get := func(sql string) int {
+		t.Helper()
+		var v int
+		if err := c.QueryRow(ctx, sql).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	// cached reports whether the second read of sql misses a write made
+	// behind the proxy's back (so it came from the cache).
+	step := 0
+	cached := func(sql string) bool {
+		t.Helper()
+		step++
+		get(sql)
+		asApp(t, fmt.Sprintf("UPDATE cache_rl SET v = %d", 1000+step))
+		return get(sql) != 1000+step
+	}
+	const q = "SELECT v FROM cache_rl"
+	if cached(q) {
+		t.Fatal("cached with no rule")
+	}
+	next := srv.RunningConfig()
+	next.Cache.Rules = []config.CacheRule{{Tables: []string{"cache_rl"}, TTL: time.Hour}}
+	if err := srv.Reload(next); err != nil {
+		t.Fatalf("reload with a new rule: %v", err)
+	}
+	if !cached(q + " WHERE v > 0") {
+		t.Fatal("rule added by reload does not cache")
+	}
+	next = srv.RunningConfig()
+	next.Cache.Rules = nil
+	next.Cache.Backend = config.CacheRedis
+	next.Cache.Redis.Addr = cluster.Redis.Addr()
+	err := srv.Reload(next)
+	if !proxy.IsNotReloaded(err) || !strings.Contains(err.Error(), "cache.backend") {
+		t.Fatalf("backend change: got %v, want a not-reloaded error naming cache.backend", err)
+	}
+	if got := srv.RunningConfig().Cache.Backend; got != config.CacheMemory {
+		t.Fatalf("running backend %q after reload, want memory kept", got)
+	}
+	if cached(q + " WHERE v >= 0") {
+		t.Fatal("rule removed by reload still caches new statements")
+	}
+}

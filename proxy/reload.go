@@ -40,6 +40,16 @@ var fixedSettings = []struct {
 	{"primary.weight", keepField(func(c *config.Config) *int { return &c.Primary.Weight })},
 	{"routing.shape_cache_size", keepField(func(c *config.Config) *int { return &c.Routing.ShapeCacheSize })},
 	{"log.format", keepField(func(c *config.Config) *string { return &c.Log.Format })},
+	{"cache.backend", keepField(func(c *config.Config) *string { return &c.Cache.Backend })},
+	{"cache.max_bytes", keepField(func(c *config.Config) *config.ByteSize { return &c.Cache.MaxBytes })},
+	{"cache.invalidation", keepField(func(c *config.Config) *config.CacheInvalidationConfig { return &c.Cache.Invalidation })},
+	{"cache.redis", func(running, next *config.Config) bool {
+		if reflect.DeepEqual(running.Cache.Redis, next.Cache.Redis) {
+			return false
+		}
+		next.Cache.Redis = running.Cache.Redis
+		return true
+	}},
 }
 
 // keepField copies a field's running value into the next config and
@@ -67,6 +77,21 @@ var reloaders = []struct {
 	{"pool", reloadPools},
 	{"auth", reloadAuth},
 	{"topology", reloadTopology},
+	{"cache", reloadCache},
+}
+
+// reloadCache swaps the cache rules, max_entry_bytes and on_opaque_write.
+// Entries already stored keep their TTL; a rule removed stops new fills.
+func reloadCache(s *Server, _, next *config.Config) {
+	if s.cache == nil {
+		return
+	}
+	rules, err := newCacheRules(next.Cache)
+	if err != nil { // Validate checked the fingerprints; keep the old rules
+		s.log.Error("cache rules not reloaded", "err", err)
+		return
+	}
+	s.cache.rules.Store(rules)
 }
 
 // Reload applies a new configuration without dropping a client: it
@@ -86,6 +111,8 @@ var reloaders = []struct {
 //     reads once their monitor proves them streaming and in lag bounds;
 //     removed ones take no new transactions); routing settings apply to the
 //     next transaction of every client.
+//   - cache.rules, max_entry_bytes, on_opaque_write: the next statement
+//     (the backend, its budget, Redis and invalidation stream are fixed).
 //   - admin.users, log.level, shutdown_timeout: whoever reads them reads
 //     the current snapshot (cmd/pgsluice applies log.level).
 //
