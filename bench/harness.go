@@ -636,10 +636,16 @@ func warmOne(ctx context.Context, addr string, l Login) error {
 // scenario7: feature cost, pgsluice with routing off vs on (metrics are
 // always on).
 func (r *runner) scenario7(ctx context.Context) error {
-	r.logf("scenario 7: feature cost, 50 clients -M extended, routing off vs on")
-	return r.interleave(7, "50 clients extended", []string{PgsluiceNR, Pgsluice}, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
-		return r.pgbench(ctx, t, "extended", 50, r.cfg.Duration, false, false)
-	})
+	for _, proto := range []string{"simple", "extended"} {
+		r.logf("scenario 7: feature cost, 50 clients -M %s, routing off vs on", proto)
+		err := r.interleave(7, "50 clients "+proto, []string{PgsluiceNR, Pgsluice}, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
+			return r.pgbench(ctx, t, proto, 50, r.cfg.Duration, false, false)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

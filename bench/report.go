@@ -244,6 +244,17 @@ func Checks(r *Report) []Check {
 		}
 	}
 	cacheChecks(r, add)
+	// Scenario 7: what routing (classification + node choice) costs.
+	for _, proto := range []string{"simple", "extended"} {
+		off, on := r.Find(7, "50 clients "+proto, PgsluiceNR), r.Find(7, "50 clients "+proto, Pgsluice)
+		have := off.ok() && on.ok() && off.Median.TPS > 0
+		var v float64
+		if have {
+			v = (1 - on.Median.TPS/off.Median.TPS) * 100
+		}
+		add(7, "TPS cost of routing on vs off, -M "+proto, "≤ 5 %", v,
+			fmt.Sprintf("%.1f %% (%.0f vs %.0f)", v, val(on, tps), val(off, tps)), v <= 5, have)
+	}
 	return out
 }
 
@@ -431,13 +442,15 @@ func (r *Report) Markdown() string {
 		cacheSection(r, w, note)
 	}
 	if has(7) {
-		w("### 7. Feature cost (50 clients, -M extended; metrics are always on)\n\n")
-		w("| variant | TPS | CPU/txn µs |\n|---|---:|---:|\n")
-		for _, tn := range []string{PgsluiceNR, Pgsluice} {
-			c := r.Find(7, "50 clients extended", tn)
-			label := map[string]string{PgsluiceNR: "pgsluice, routing.enabled=false", Pgsluice: "pgsluice, routing.enabled=true (default)"}[tn]
-			w("| %s | %s | %s |\n", label, cell(c, f0, tps), cell(c, f1, cpu))
-			note(c)
+		w("### 7. Feature cost (50 clients `pgbench -S`; metrics are always on)\n\n")
+		w("| protocol | variant | TPS | CPU/txn µs |\n|---|---|---:|---:|\n")
+		for _, proto := range []string{"simple", "extended"} {
+			for _, tn := range []string{PgsluiceNR, Pgsluice} {
+				c := r.Find(7, "50 clients "+proto, tn)
+				label := map[string]string{PgsluiceNR: "pgsluice, routing.enabled=false", Pgsluice: "pgsluice, routing.enabled=true (default)"}[tn]
+				w("| %s | %s | %s | %s |\n", proto, label, cell(c, f0, tps), cell(c, f1, cpu))
+				note(c)
+			}
 		}
 		w("\n")
 	}
