@@ -52,7 +52,8 @@ func Default() Config {
 			ReadYourWrites:    "connection",
 			Monitor:           MonitorConfig{Database: "postgres"},
 		},
-		Log: LogConfig{Level: "info", Format: "text"},
+		Log:     LogConfig{Level: "info", Format: "text"},
+		Metrics: MetricsConfig{MaxFingerprints: 200, SlowQueryThreshold: time.Second},
 	}
 }
 
@@ -361,6 +362,12 @@ func (c Config) Validate() error {
 	}
 	if c.Routing.ShapeCacheSize < 1 {
 		add("routing.shape_cache_size", "want >= 1, got %d", c.Routing.ShapeCacheSize)
+	}
+	if c.Metrics.MaxFingerprints < 0 {
+		add("metrics.max_fingerprints", "want >= 0 (0 reports every query under fingerprint \"other\"), got %d", c.Metrics.MaxFingerprints)
+	}
+	if c.Metrics.SlowQueryThreshold < 0 {
+		add("metrics.slow_query_threshold", "want a duration >= 0 (0 disables), got %s", c.Metrics.SlowQueryThreshold)
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":

@@ -216,6 +216,9 @@ func (s *session) handleParse(body []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
+	if pn == "" {
+		s.markQueryStart()
+	}
 	b, err := s.lockAttached(unnamedDecision(pn, &d))
 	if err != nil {
 		return s.localError(err, false)
@@ -288,6 +291,7 @@ func (s *session) handleBind(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Bind message"), false)
 	}
+	s.markQueryStart()
 	b, err := s.lockAttached(s.stmtDecision(stmt))
 	if err != nil {
 		return s.localError(err, false)
@@ -335,14 +339,16 @@ func (s *session) handleExecute(body []byte) error {
 		return s.forwardRaw('E', body)
 	}
 	o := op{kind: opExecute}
+	var d *routing.Decision
 	if s.lastBound != nil {
 		o.sets = effects(&s.lastBound.decision)
+		d = &s.lastBound.decision
 	}
 	b, err := s.lockAttached(nil)
 	if err != nil {
 		return s.localError(err, false)
 	}
-	s.pushLocked(o)
+	s.pushLocked(s.timedLocked(o, d, 0))
 	s.inflight++
 	s.mu.Unlock()
 	s.out = wire.AppendHeader(s.out[:0], 'E', len(body))
@@ -404,12 +410,13 @@ func (s *session) handleQuery(body []byte) error {
 	if d.Pin != routing.PinNone {
 		s.pin(d.Pin)
 	}
+	start := nanotime()
 	b, err := s.lockAttached(&d)
 	if err != nil {
 		return s.localError(err, true)
 	}
 	b.unnamedBy = nil // a simple query replaces the unnamed statement
-	s.pushLocked(op{kind: opQuery, sets: effects(&d)})
+	s.pushLocked(s.timedLocked(op{kind: opQuery, sets: effects(&d)}, &d, start))
 	s.inflight++
 	s.mu.Unlock()
 	s.out = wire.AppendHeader(s.out[:0], 'Q', len(body))

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -30,6 +31,10 @@ type TargetConfig struct {
 	TLS            bool          // accept TLS from clients (use testTLS's certificate)
 	// Tweak edits the full proxy configuration last.
 	Tweak func(*config.Config)
+	// Reload is passed as proxy.Options.Reload (admin RELOAD).
+	Reload func() error
+	// Log, when set, also receives the proxy's log as JSON lines.
+	Log io.Writer
 }
 
 // defaultTargetConfig returns the configuration every test starts from.
@@ -93,7 +98,10 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 		tc.Tweak(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log})
+	if tc.Log != nil {
+		log = slog.New(slog.NewJSONHandler(io.MultiWriter(testLogWriter{t}, tc.Log), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log, Reload: tc.Reload})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

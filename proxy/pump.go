@@ -191,6 +191,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 			}
 		case 'I', 's':
 			if head.kind == opExecute {
+				s.queryDoneLocked(head)
 				s.ops.pop()
 			}
 		}
@@ -203,12 +204,14 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		if head != nil && !drop {
 			s.txn.noteTag(body)
+			noteTagRows(head, body)
 		}
 		if !drop {
 			wire.WriteMessage(s.w, 'C', body)
 		}
 		if head != nil && head.kind == opExecute {
 			s.txn.add(head.sets)
+			s.queryDoneLocked(head)
 			s.ops.pop()
 			s.emitDueLocked()
 		}
@@ -241,7 +244,9 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if head == nil {
 			return nil
 		}
+		head.qfailed = true
 		if !head.kind.endsWithReady() {
+			s.queryDoneLocked(head)
 			x := s.ops.pop()
 			if x.kind == opParse || x.kind == opParseDrop {
 				b.prepared.remove(x.stmt)
@@ -270,6 +275,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if x.kind == opQuery && !s.txn.cycleErr {
 			s.txn.add(x.sets)
 		}
+		s.queryDoneLocked(&x)
 		if x.kind != opSettings {
 			wire.WriteMessage(s.w, 'Z', body)
 			s.txStatus = status

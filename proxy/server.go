@@ -27,6 +27,7 @@ type Options struct {
 	Registerer prometheus.Registerer
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger
+	Reload     func() error // re-reads and applies the configuration (admin RELOAD); nil: RELOAD reports it is not available
 }
 
 // Server is a running pgsluice proxy: the client listener, the pools and the
@@ -35,6 +36,7 @@ type Server struct {
 	cfg        atomic.Pointer[config.Config]
 	log        *slog.Logger
 	m          *metrics
+	qs         *queryStats
 	gatherer   prometheus.Gatherer
 	classifier *routing.Classifier
 	topo       *topology
@@ -47,6 +49,14 @@ type Server struct {
 	sessions map[*session]struct{}
 	lns      []net.Listener
 	admin    *http.Server
+
+	// Admin console (admin.go): RELOAD hook, PAUSE/RESUME gate, and the
+	// result cache's counters for SHOW CACHE (nil: no cache, no rows).
+	reload     func() error
+	gate       pauseGate
+	pausedFlag atomic.Bool
+	cacheStats func() (CacheStats, bool)
+	started    time.Time
 
 	clients  atomic.Int64
 	draining atomic.Bool
@@ -82,6 +92,8 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		pools:    map[poolKey]*pool{},
 		sessions: map[*session]struct{}{},
 		done:     make(chan struct{}),
+		reload:   opts.Reload,
+		started:  time.Now(),
 	}
 	s.cfg.Store(&cfg)
 	s.classifier = routing.New(routing.Options{CacheSize: cfg.Routing.ShapeCacheSize})
@@ -92,6 +104,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		}
 		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	s.qs = newQueryStats(func() int { return s.cfgNow().Metrics.MaxFingerprints })
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, err
@@ -270,6 +283,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		w.Write([]byte("ready\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.HandleFunc("/queries", s.serveQueries)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
 	s.admin = srv

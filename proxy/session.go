@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgsluice/pgsluice/config"
@@ -54,6 +55,10 @@ type session struct {
 	lastWrite      time.Time  // when a transaction of this client that wrote committed (mu)
 	settings       *settings  // session goroutine writes under mu; pump reads under mu
 	key            cancelKey
+	admin          bool      // the admin console (admin.go), not a PostgreSQL client
+	appName        string    // application_name of the startup packet
+	since          time.Time // when the client connected
+	lastReq        int64     // nanotime of the last statement sent (mu)
 
 	mu       sync.Mutex
 	w        *bufio.Writer // client writer (mu)
@@ -94,6 +99,13 @@ type session struct {
 	scratch    []byte
 	trace      bool   // log every message (debug level)
 	out        []byte // scratch for rewritten messages
+
+	// Query statistics (querystats.go): qstart is when the pending
+	// statement's first message arrived, lastQS the last entry used
+	// (session goroutine); dbst the database totals.
+	qstart int64
+	lastQS *fpStats
+	dbst   atomic.Pointer[dbStats]
 }
 
 // run serves the client until it leaves. It owns conn.
@@ -101,6 +113,10 @@ func (s *session) run(ctx context.Context) {
 	defer s.cleanup()
 	if err := s.startup(ctx); err != nil {
 		s.log.Debug("client login failed", "err", err)
+		return
+	}
+	if s.admin {
+		s.adminLoop()
 		return
 	}
 	s.loop()
@@ -212,6 +228,7 @@ func (s *session) attach(d *routing.Decision) error {
 		return nil
 	}
 	s.mu.Unlock()
+	s.srv.waitIfPaused()
 	p, n := s.choose(d)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.AcquireTimeout+s.cfg.Pool.ConnectTimeout)
 	b, err := p.acquire(ctx)
@@ -329,6 +346,7 @@ func (s *session) localError(err error, atSync bool) error {
 
 // handleSync forwards Sync, or answers it locally when nothing is attached.
 func (s *session) handleSync() error {
+	s.qstart = 0
 	s.mu.Lock()
 	attached := s.b != nil
 	if !attached {
