@@ -72,8 +72,11 @@ func (s *session) adminLoop() {
 	for {
 		typ, n, err := wire.PeekHeader(s.r, max)
 		if err != nil {
-			if errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol) {
+			switch {
+			case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
 				s.sendFatal(err)
+			case s.srv.draining.Load():
+				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 			}
 			return
 		}
