@@ -220,19 +220,22 @@ func showServers(s *Server) *resultSet {
 func showStats(s *Server) *resultSet {
 	r := &resultSet{cols: []string{"database", "total_query_count", "total_query_time", "total_wait_time", "total_server_time",
 		"total_rows", "total_errors", "replica_query_count", "cache_query_count", "avg_query_time", "avg_wait_time"}, tag: "SHOW"}
-	var names []string
-	s.qs.dbs.Range(func(k, _ any) bool { names = append(names, k.(string)); return true })
+	totals := s.dbTotals()
+	names := make([]string, 0, len(totals))
+	for name := range totals {
+		names = append(names, name)
+	}
 	sort.Strings(names)
 	for _, name := range names {
-		d := s.qs.db(name)
-		n := d.queries.Load()
-		q, w := d.queryNs.Load()/1000, d.waitNs.Load()/1000
+		d := totals[name]
+		n := d.queries
+		q, w := d.queryNs/1000, d.waitNs/1000
 		avgQ, avgW := int64(0), int64(0)
 		if n > 0 {
 			avgQ, avgW = q/n, w/n
 		}
-		r.rows = append(r.rows, []string{name, itoa(n), itoa(q), itoa(w), itoa(d.serverNs.Load() / 1000),
-			itoa(d.rows.Load()), itoa(d.errors.Load()), itoa(d.replicaQueries.Load()), itoa(d.cacheQueries.Load()),
+		r.rows = append(r.rows, []string{name, itoa(n), itoa(q), itoa(w), itoa(d.serverNs / 1000),
+			itoa(d.rows), itoa(d.errors), itoa(d.replicaQueries), itoa(d.cacheQueries),
 			itoa(avgQ), itoa(avgW)})
 	}
 	return r
@@ -263,7 +266,7 @@ type QueryStat struct {
 func (s *Server) queryStatsSorted(key string, limit int) []QueryStat {
 	var out []QueryStat
 	for _, q := range s.qs.all() {
-		calls := q.calls.Load()
+		calls := q.callCount()
 		if calls == 0 {
 			continue
 		}

@@ -367,6 +367,12 @@ func TestAdminConsoleShow(t *testing.T) {
 			if !strings.Contains(strings.Join(lines, "\n"), "::int > $") {
 				t.Errorf("SHOW QUERIES lacks the normalized statement:\n%s", strings.Join(lines, "\n"))
 			}
+		case "SHOW STATS":
+			// database|total_query_count|...: the app client's statements.
+			f := strings.Split(lines[1], "|")
+			if f[0] != local.AppDatabase || f[1] == "0" {
+				t.Errorf("SHOW STATS: want a row for %s with queries:\n%s", local.AppDatabase, strings.Join(lines, "\n"))
+			}
 		case "SHOW CONFIG":
 			all := strings.Join(lines, "\n")
 			if !strings.Contains(all, "metrics.max_fingerprints|200|200") || strings.Contains(all, local.AppPassword) {

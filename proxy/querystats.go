@@ -110,10 +110,10 @@ type fpStats struct {
 	command    string
 	normalized string
 
-	calls, rows, errors atomic.Int64
-	totalNs, backendNs  atomic.Int64
-	byTarget            [numTargets]atomic.Int64
-	lat                 [latBuckets]atomic.Uint32
+	rows, errors       atomic.Int64
+	totalNs, backendNs atomic.Int64
+	byTarget           [numTargets]atomic.Int64 // calls, by target
+	lat                [latBuckets]atomic.Uint32
 
 	// series holds the histogram children this fingerprint observes into:
 	// its own, or the "other" ones. Swapped by rebalance.
@@ -139,7 +139,6 @@ func (ss *seriesSet) observer(vec *prometheus.HistogramVec, target uint8, comman
 }
 
 func (q *fpStats) record(t *queryStats, target uint8, dur, backend int64, rows int64, failed bool) {
-	q.calls.Add(1)
 	q.totalNs.Add(dur)
 	q.backendNs.Add(backend)
 	if rows > 0 {
@@ -151,6 +150,15 @@ func (q *fpStats) record(t *queryStats, target uint8, dur, backend int64, rows i
 	q.byTarget[target].Add(1)
 	q.lat[latBucket(dur)].Add(1)
 	q.series.Load().observer(t.hist, target, q.command).Observe(float64(dur) / 1e9)
+}
+
+// callCount returns the calls of the fingerprint (all targets).
+func (q *fpStats) callCount() int64 {
+	var n int64
+	for i := range q.byTarget {
+		n += q.byTarget[i].Load()
+	}
+	return n
 }
 
 // quantile returns the q-quantile of the recorded latencies, in seconds.
@@ -178,11 +186,30 @@ func (q *fpStats) quantile(p float64) float64 {
 	return latMid(latBuckets-1) / 1e9
 }
 
-// dbStats are the per-database totals of SHOW STATS.
+// dbCounters are per-database totals for SHOW STATS. Each session counts
+// its own under its mutex (no shared cache line on the hot path) and adds
+// them to its database's dbStats when it ends.
+type dbCounters struct {
+	queries, errors, rows        int64
+	queryNs, waitNs, serverNs    int64
+	replicaQueries, cacheQueries int64
+}
+
+func (c *dbCounters) add(o *dbCounters) {
+	c.queries += o.queries
+	c.errors += o.errors
+	c.rows += o.rows
+	c.queryNs += o.queryNs
+	c.waitNs += o.waitNs
+	c.serverNs += o.serverNs
+	c.replicaQueries += o.replicaQueries
+	c.cacheQueries += o.cacheQueries
+}
+
+// dbStats are the totals of the sessions of one database that have ended.
 type dbStats struct {
-	queries, errors, rows        atomic.Int64
-	queryNs, waitNs, serverNs    atomic.Int64
-	replicaQueries, cacheQueries atomic.Int64
+	mu sync.Mutex
+	c  dbCounters
 }
 
 // queryStats is the table of fingerprints and the instruments they feed.
@@ -219,12 +246,11 @@ func newQueryStats(max func() int) *queryStats {
 		NativeHistogramMinResetDuration: time.Hour,
 	}, []string{"fingerprint", "target", "command"})
 	t.backend = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:                            "pgsluice_query_backend_seconds",
-		Help:                            "Time from handing a statement to the server to its completion (no pool wait), by target.",
-		Buckets:                         queryBuckets,
-		NativeHistogramBucketFactor:     1.1,
-		NativeHistogramMaxBucketNumber:  100,
-		NativeHistogramMinResetDuration: time.Hour,
+		Name:    "pgsluice_query_backend_seconds",
+		Help:    "Time from handing a statement to the server to its completion (no pool wait), by target.",
+		Buckets: queryBuckets,
+		// Classic buckets only: a native histogram costs a map lookup per
+		// observation, and this one is observed for every statement.
 	}, []string{"target"})
 	t.backObs[targetPrimary] = t.backend.WithLabelValues("primary")
 	t.backObs[targetReplica] = t.backend.WithLabelValues("replica")
@@ -318,7 +344,7 @@ func (t *queryStats) entries() []*fpStats {
 // all returns every entry, "other" last when it was used.
 func (t *queryStats) all() []*fpStats {
 	out := t.entries()
-	if t.other.calls.Load() > 0 {
+	if t.other.callCount() > 0 {
 		out = append(out, t.other)
 	}
 	return out
@@ -336,7 +362,7 @@ func (t *queryStats) rebalance(now time.Time) {
 	t.rebalAt = now
 	list := t.entries()
 	sort.Slice(list, func(i, j int) bool {
-		ci, cj := list[i].calls.Load(), list[j].calls.Load()
+		ci, cj := list[i].callCount(), list[j].callCount()
 		if ci != cj {
 			return ci > cj
 		}
@@ -383,6 +409,30 @@ func (t *queryStats) dropLocked(q *fpStats) {
 		t.deleteSeries(q)
 	}
 	t.n--
+}
+
+// dbTotals returns the counters of every database: ended sessions' totals
+// plus the live sessions' own.
+func (s *Server) dbTotals() map[string]dbCounters {
+	out := map[string]dbCounters{}
+	s.qs.dbs.Range(func(k, v any) bool {
+		db := v.(*dbStats)
+		db.mu.Lock()
+		out[k.(string)] = db.c
+		db.mu.Unlock()
+		return true
+	})
+	for _, sess := range s.sessionList() {
+		sess.mu.Lock()
+		c := sess.dbc
+		sess.mu.Unlock()
+		if c.queries > 0 {
+			t := out[sess.database]
+			t.add(&c)
+			out[sess.database] = t
+		}
+	}
+	return out
 }
 
 func (t *queryStats) db(name string) *dbStats {
@@ -503,43 +553,54 @@ func (s *session) queryDoneLocked(o *op) {
 // observeQuery records one statement answered at target ("primary",
 // "replica" or "cache") in dur, with rows rows, failed or not: the hook
 // for statements the session answers without the usual Query/Execute op
-// (the result cache). Safe to call with or without mu held, from the
-// session goroutine or the pump.
+// (the result cache). Call it without mu held.
 func (s *session) observeQuery(d *routing.Decision, target string, dur time.Duration, rows int64, failed bool) {
 	t, ok := targetIndex(target)
 	if !ok {
 		return
 	}
 	q := s.srv.qs.entry(d)
+	s.mu.Lock()
 	s.recordLocked(q, t, int64(dur), 0, rows, failed)
+	s.mu.Unlock()
 }
 
-// recordLocked feeds statistics, histograms, per-database totals and the
-// slow-query log.
+// flushStats adds the session's database counters to its database's
+// totals (the session is ending).
+func (s *session) flushStats() {
+	s.mu.Lock()
+	c := s.dbc
+	s.dbc = dbCounters{}
+	s.mu.Unlock()
+	if c.queries == 0 {
+		return
+	}
+	db := s.srv.qs.db(s.database)
+	db.mu.Lock()
+	db.c.add(&c)
+	db.mu.Unlock()
+}
+
+// recordLocked feeds statistics, histograms, per-database counters and
+// the slow-query log (mu held).
 func (s *session) recordLocked(q *fpStats, target uint8, dur, backend, rows int64, failed bool) {
 	q.record(s.srv.qs, target, dur, backend, rows, failed)
-	db := s.dbst.Load()
-	if db == nil {
-		db = s.srv.qs.db(s.database)
-		s.dbst.Store(db)
-	}
-	db.queries.Add(1)
-	db.queryNs.Add(dur)
+	c := &s.dbc
+	c.queries++
+	c.queryNs += dur
+	c.rows += rows
 	if target != targetCache {
-		db.serverNs.Add(backend)
-		db.waitNs.Add(dur - backend)
-	}
-	if rows > 0 {
-		db.rows.Add(rows)
+		c.serverNs += backend
+		c.waitNs += dur - backend
 	}
 	if failed {
-		db.errors.Add(1)
+		c.errors++
 	}
 	switch target {
 	case targetReplica:
-		db.replicaQueries.Add(1)
+		c.replicaQueries++
 	case targetCache:
-		db.cacheQueries.Add(1)
+		c.cacheQueries++
 	}
 	if th := s.cfg.Metrics.SlowQueryThreshold; th > 0 && dur >= int64(th) {
 		s.srv.log.Warn("slow query",

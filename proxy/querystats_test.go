@@ -112,7 +112,7 @@ func TestQueryStatsAdmission(t *testing.T) {
 		t.Error("full table: want the other entry")
 	}
 	// The rebalance forgets the least called tenth of a nearly full table.
-	qs.entry(d(4)).calls.Add(10)
+	qs.entry(d(4)).byTarget[targetReplica].Add(10)
 	qs.rebalance(time.Now())
 	if qs.n != maxQueryStats-maxQueryStats/10 {
 		t.Errorf("after rebalance %d entries, want %d", qs.n, maxQueryStats-maxQueryStats/10)

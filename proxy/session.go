@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pgsluice/pgsluice/config"
@@ -102,10 +101,10 @@ type session struct {
 
 	// Query statistics (querystats.go): qstart is when the pending
 	// statement's first message arrived, lastQS the last entry used
-	// (session goroutine); dbst the database totals.
+	// (session goroutine); dbc this session's database counters.
 	qstart int64
 	lastQS *fpStats
-	dbst   atomic.Pointer[dbStats]
+	dbc    dbCounters // (mu)
 }
 
 // run serves the client until it leaves. It owns conn.
@@ -525,6 +524,7 @@ func (s *session) cleanup() {
 	if s.key != (cancelKey{}) {
 		s.srv.cancels.Delete(s.key)
 	}
+	s.flushStats()
 	s.srv.sessionEnded(s)
 }
 
