@@ -60,7 +60,9 @@ const maxQueryStats = 5000
 const rebalanceEvery = time.Second
 
 // queryBuckets are the classic buckets of the query histograms: 50µs to 30s.
-var queryBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+var queryBuckets = [numQueryBuckets]float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+const numQueryBuckets = 18
 
 // epoch anchors nanotime: monotonic nanoseconds since process start.
 var epoch = time.Now()
@@ -126,16 +128,16 @@ type fpStats struct {
 // series.
 type seriesSet struct {
 	label string
-	obs   [numTargets]atomic.Pointer[prometheus.Observer]
+	obs   [numTargets]atomic.Pointer[latencyHist]
 }
 
-func (ss *seriesSet) observer(vec *prometheus.HistogramVec, target uint8, command string) prometheus.Observer {
-	if o := ss.obs[target].Load(); o != nil {
-		return *o
+func (ss *seriesSet) observer(vec *latencyVec, target uint8, command string) *latencyHist {
+	if h := ss.obs[target].Load(); h != nil {
+		return h
 	}
-	o := vec.WithLabelValues(ss.label, targetNames[target], command)
-	ss.obs[target].Store(&o)
-	return o
+	h := vec.with(ss.label, targetNames[target], command)
+	ss.obs[target].Store(h)
+	return h
 }
 
 func (q *fpStats) record(t *queryStats, target uint8, dur, backend int64, rows int64, failed bool) {
@@ -149,7 +151,7 @@ func (q *fpStats) record(t *queryStats, target uint8, dur, backend int64, rows i
 	}
 	q.byTarget[target].Add(1)
 	q.lat[latBucket(dur)].Add(1)
-	q.series.Load().observer(t.hist, target, q.command).Observe(float64(dur) / 1e9)
+	q.series.Load().observer(t.hist, target, q.command).observe(dur)
 }
 
 // callCount returns the calls of the fingerprint (all targets).
@@ -215,9 +217,9 @@ type dbStats struct {
 // queryStats is the table of fingerprints and the instruments they feed.
 // Safe for concurrent use.
 type queryStats struct {
-	hist    *prometheus.HistogramVec
-	backend *prometheus.HistogramVec
-	backObs [numTargets]prometheus.Observer
+	hist    *latencyVec
+	backend *latencyVec
+	backObs [numTargets]*latencyHist
 	max     func() int // metrics.max_fingerprints, read at each decision
 
 	shards [64]struct {
@@ -237,23 +239,14 @@ type queryStats struct {
 
 func newQueryStats(max func() int) *queryStats {
 	t := &queryStats{max: max, otherSets: map[string]*seriesSet{}}
-	t.hist = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:                            "pgsluice_query_duration_seconds",
-		Help:                            "Statement latency seen by the client at the proxy (pool wait included), by fingerprint (top metrics.max_fingerprints by calls, the rest \"other\"), target and command.",
-		Buckets:                         queryBuckets,
-		NativeHistogramBucketFactor:     1.1,
-		NativeHistogramMaxBucketNumber:  100,
-		NativeHistogramMinResetDuration: time.Hour,
-	}, []string{"fingerprint", "target", "command"})
-	t.backend = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "pgsluice_query_backend_seconds",
-		Help:    "Time from handing a statement to the server to its completion (no pool wait), by target.",
-		Buckets: queryBuckets,
-		// Classic buckets only: a native histogram costs a map lookup per
-		// observation, and this one is observed for every statement.
-	}, []string{"target"})
-	t.backObs[targetPrimary] = t.backend.WithLabelValues("primary")
-	t.backObs[targetReplica] = t.backend.WithLabelValues("replica")
+	t.hist = newLatencyVec("pgsluice_query_duration_seconds",
+		"Statement latency seen by the client at the proxy (pool wait included), by fingerprint (top metrics.max_fingerprints by calls, the rest \"other\"), target and command.",
+		"fingerprint", "target", "command")
+	t.backend = newLatencyVec("pgsluice_query_backend_seconds",
+		"Time from handing a statement to the server to its completion (no pool wait), by target.",
+		"target")
+	t.backObs[targetPrimary] = t.backend.with("primary")
+	t.backObs[targetReplica] = t.backend.with("replica")
 	for i := range t.shards {
 		t.shards[i].m = map[uint64]*fpStats{}
 	}
@@ -395,7 +388,7 @@ func (t *queryStats) rebalance(now time.Time) {
 
 func (t *queryStats) deleteSeries(q *fpStats) {
 	for _, tn := range targetNames {
-		t.hist.DeleteLabelValues(q.label, tn, q.command)
+		t.hist.delete(q.label, tn, q.command)
 	}
 }
 
@@ -546,7 +539,7 @@ func (s *session) queryDoneLocked(o *op) {
 	now := nanotime()
 	dur, backend := now-o.qstart, now-o.qsent
 	s.recordLocked(o.q, o.qtarget, dur, backend, o.qrows, o.qfailed)
-	s.srv.qs.backObs[o.qtarget].Observe(float64(backend) / 1e9)
+	s.srv.qs.backObs[o.qtarget].observe(backend)
 	o.q = nil
 }
 

@@ -1,10 +1,15 @@
 package proxy
 
 import (
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/pgsluice/pgsluice/routing"
 )
@@ -132,5 +137,44 @@ func TestStripSQLComments(t *testing.T) {
 		if got := stripSQLComments(in); got != want {
 			t.Errorf("stripSQLComments(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// latencyHist exposes the same classic and native buckets as
+// client_golang's histogram (bucket factor 1.1: schema 3) for the same
+// observations.
+func TestLatencyHistMatchesClientGolang(t *testing.T) {
+	ref := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "ref", Help: "ref", Buckets: queryBuckets[:],
+		NativeHistogramBucketFactor: 1.1, NativeHistogramZeroThreshold: nativeZero, NativeHistogramMaxBucketNumber: 10000,
+	})
+	h := newLatencyHist(prometheus.NewDesc("x", "x", nil, nil))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 20000; i++ {
+		ns := int64(math.Exp(rng.Float64()*math.Log(2e11))) + 1 // 1ns .. 200s, log-uniform
+		ref.Observe(float64(ns) / 1e9)
+		h.observe(ns)
+	}
+	var want, got dto.Metric
+	if err := ref.Write(&want); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Write(&got); err != nil {
+		t.Fatal(err)
+	}
+	w, g := want.GetHistogram(), got.GetHistogram()
+	if g.GetSampleCount() != w.GetSampleCount() || math.Abs(g.GetSampleSum()-w.GetSampleSum()) > 1e-6*w.GetSampleSum() {
+		t.Errorf("count/sum %d/%f, want %d/%f", g.GetSampleCount(), g.GetSampleSum(), w.GetSampleCount(), w.GetSampleSum())
+	}
+	for i, b := range w.GetBucket() {
+		if gb := g.GetBucket()[i]; gb.GetUpperBound() != b.GetUpperBound() || gb.GetCumulativeCount() != b.GetCumulativeCount() {
+			t.Errorf("classic bucket %d: %v, want %v", i, gb, b)
+		}
+	}
+	if g.GetSchema() != w.GetSchema() || g.GetZeroCount() != w.GetZeroCount() || g.GetZeroThreshold() != w.GetZeroThreshold() {
+		t.Errorf("schema/zero %d/%d/%g, want %d/%d/%g", g.GetSchema(), g.GetZeroCount(), g.GetZeroThreshold(), w.GetSchema(), w.GetZeroCount(), w.GetZeroThreshold())
+	}
+	if fmt.Sprint(g.GetPositiveSpan()) != fmt.Sprint(w.GetPositiveSpan()) || fmt.Sprint(g.GetPositiveDelta()) != fmt.Sprint(w.GetPositiveDelta()) {
+		t.Errorf("native buckets differ:\n got %v %v\nwant %v %v", g.GetPositiveSpan(), g.GetPositiveDelta(), w.GetPositiveSpan(), w.GetPositiveDelta())
 	}
 }
