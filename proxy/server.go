@@ -56,7 +56,6 @@ type Server struct {
 	gate       pauseGate
 	pausedFlag atomic.Bool
 	cacheStats func() (CacheStats, bool)
-	started    time.Time
 
 	clients  atomic.Int64
 	draining atomic.Bool
@@ -93,7 +92,6 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		sessions: map[*session]struct{}{},
 		done:     make(chan struct{}),
 		reload:   opts.Reload,
-		started:  time.Now(),
 	}
 	s.cfg.Store(&cfg)
 	s.classifier = routing.New(routing.Options{CacheSize: cfg.Routing.ShapeCacheSize})
