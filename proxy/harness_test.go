@@ -33,7 +33,8 @@ type TargetConfig struct {
 	Tweak func(*config.Config)
 	// Reload is passed as proxy.Options.Reload (admin RELOAD).
 	Reload func() error
-	// Log, when set, also receives the proxy's log as JSON lines.
+	// Log, when set, also receives the proxy's log as JSON lines, from
+	// level INFO (the slow-query log) up.
 	Log io.Writer
 }
 
@@ -99,7 +100,7 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if tc.Log != nil {
-		log = slog.New(slog.NewJSONHandler(io.MultiWriter(testLogWriter{t}, tc.Log), &slog.HandlerOptions{Level: slog.LevelWarn}))
+		log = slog.New(slog.NewJSONHandler(io.MultiWriter(testLogWriter{t}, tc.Log), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log, Reload: tc.Reload})
 	if err != nil {

@@ -596,7 +596,7 @@ func (s *session) recordLocked(q *fpStats, target uint8, dur, backend, rows int6
 		c.cacheQueries++
 	}
 	if th := s.cfg.Metrics.SlowQueryThreshold; th > 0 && dur >= int64(th) {
-		s.srv.log.Warn("slow query",
+		s.srv.log.Info("slow query",
 			"duration_ms", float64(dur)/1e6,
 			"backend_ms", float64(backend)/1e6,
 			"fingerprint", q.label,
