@@ -271,26 +271,26 @@ func (t *queryStats) entry(d *routing.Decision) *fpStats {
 	if d == nil || d.Fingerprint == 0 {
 		return t.other
 	}
-	sh := &t.shards[d.Fingerprint&63]
-	sh.mu.RLock()
-	q := sh.m[d.Fingerprint]
-	sh.mu.RUnlock()
-	if q != nil {
+	if q := t.lookup(d.Fingerprint); q != nil {
 		return q
 	}
 	return t.create(d)
 }
 
+func (t *queryStats) lookup(fp uint64) *fpStats {
+	sh := &t.shards[fp&63]
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	return sh.m[fp]
+}
+
 func (t *queryStats) create(d *routing.Decision) *fpStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	sh := &t.shards[d.Fingerprint&63]
-	sh.mu.RLock()
-	q := sh.m[d.Fingerprint]
-	sh.mu.RUnlock()
-	if q != nil {
+	if q := t.lookup(d.Fingerprint); q != nil {
 		return q
 	}
+	sh := &t.shards[d.Fingerprint&63]
 	if t.n >= maxQueryStats {
 		return t.other
 	}
@@ -298,7 +298,7 @@ func (t *queryStats) create(d *routing.Decision) *fpStats {
 	if cmd == "" {
 		cmd = "other"
 	}
-	q = &fpStats{fp: d.Fingerprint, label: fingerprintLabel(d.Fingerprint), command: cmd, normalized: d.Normalized}
+	q := &fpStats{fp: d.Fingerprint, label: fingerprintLabel(d.Fingerprint), command: cmd, normalized: d.Normalized}
 	if t.own < t.max() {
 		t.own++
 		q.series.Store(&seriesSet{label: q.label})
