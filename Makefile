@@ -6,7 +6,7 @@ BIN       := bin
 FUZZTIME  ?= 10s
 TESTTIMEOUT ?= 40m
 
-.PHONY: all build deps test unit vet fuzz-short demo clean
+.PHONY: all build deps test unit vet fuzz-short demo clean soak
 
 all: build
 
@@ -60,3 +60,16 @@ bench-quick:
 	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
 	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
 	$(BIN)/pgsluice-bench -quick
+
+# soak: the long run of issue #7 against the local cluster (no -race, so
+# RSS is the proxy's own): TestSoak for SOAK_DURATION (mixed reads, writes
+# and transactions through the proxy, a replica restart in the middle;
+# checks 0 lost writes, 0 stale reads, flat RSS and goroutines; prints a
+# summary), then TestManyConnectionsAndStorm with SOAK_CONNS clients held
+# at once and a 10 s storm of 2,000 connects/s. `make test` runs both in
+# short form (20 s, 1,000 clients, 2 s storm).
+SOAK_DURATION ?= 10m
+SOAK_CONNS    ?= 10000
+soak: deps
+	PGSLUICE_SOAK_DURATION=$(SOAK_DURATION) PGSLUICE_FAULT_CONNS=$(SOAK_CONNS) PGSLUICE_STORM_SECONDS=10 \
+	  $(GO) test -count=1 -p 1 -timeout $(TESTTIMEOUT) -v -run '^(TestSoak|TestManyConnectionsAndStorm)$$' ./proxy/

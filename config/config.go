@@ -104,6 +104,11 @@ type TLSConfig struct {
 	KeyFile  string `mapstructure:"key_file" yaml:"key_file"`
 	// Server is disable | prefer | require, towards backends.
 	Server string `mapstructure:"server" yaml:"server"`
+	// Client is disable | allow | require, towards clients: disable
+	// answers every SSLRequest with 'N'; allow accepts TLS when cert_file
+	// is set and plaintext too; require refuses plaintext clients with
+	// 28000 (like a hostssl-only pg_hba.conf) and needs cert_file.
+	Client string `mapstructure:"client" yaml:"client"`
 }
 
 // RoutingConfig configures read/write splitting.
@@ -126,6 +131,14 @@ type RoutingConfig struct {
 	// ReadYourWrites is the scope in which a client's committed writes are
 	// visible to its later reads: connection | user | off.
 	ReadYourWrites string `mapstructure:"read_your_writes" yaml:"read_your_writes"`
+	// RYWWait: when read-your-writes excludes every replica, wait up to
+	// this long for one to replay the client's write before reading from
+	// the primary (0: do not wait).
+	RYWWait time.Duration `mapstructure:"ryw_wait" yaml:"ryw_wait"`
+	// CatalogRefresh is how often function volatility (pg_proc) is
+	// reloaded from the primary, besides after DDL through the proxy
+	// (0: only at startup and after DDL).
+	CatalogRefresh time.Duration `mapstructure:"catalog_refresh" yaml:"catalog_refresh"`
 	// Monitor is the role the health checks log in as; empty user means
 	// the first of auth.users.
 	Monitor MonitorConfig `mapstructure:"monitor" yaml:"monitor"`

@@ -42,7 +42,7 @@ func Default() Config {
 		},
 		Primary: Node{Port: 5432, Weight: 1},
 		Auth:    AuthConfig{Method: AuthSCRAM},
-		TLS:     TLSConfig{Server: "prefer"},
+		TLS:     TLSConfig{Server: "prefer", Client: "allow"},
 		Routing: RoutingConfig{
 			Enabled:           true,
 			ShapeCacheSize:    10000,
@@ -50,6 +50,7 @@ func Default() Config {
 			MaxReplicaLag:     64 << 20,
 			MaxReplicaLagTime: 30 * time.Second,
 			ReadYourWrites:    "connection",
+			CatalogRefresh:    60 * time.Second,
 			Monitor:           MonitorConfig{Database: "postgres"},
 		},
 		Log:     LogConfig{Level: "info", Format: "text"},
@@ -349,6 +350,15 @@ func (c Config) Validate() error {
 	default:
 		add("tls.server", "want disable, prefer or require, got %q", c.TLS.Server)
 	}
+	switch c.TLS.Client {
+	case "disable", "allow":
+	case "require":
+		if c.TLS.CertFile == "" {
+			add("tls.client", "require needs tls.cert_file and tls.key_file")
+		}
+	default:
+		add("tls.client", "want disable, allow or require, got %q", c.TLS.Client)
+	}
 	switch c.Routing.ReadYourWrites {
 	case "connection", "user", "off":
 	default:
@@ -359,6 +369,12 @@ func (c Config) Validate() error {
 	}
 	if c.Routing.MaxReplicaLag < 0 || c.Routing.MaxReplicaLagTime < 0 {
 		add("routing.max_replica_lag", "want >= 0")
+	}
+	if c.Routing.RYWWait < 0 {
+		add("routing.ryw_wait", "want >= 0, got %s", c.Routing.RYWWait)
+	}
+	if c.Routing.CatalogRefresh < 0 {
+		add("routing.catalog_refresh", "want >= 0 (0 disables the periodic reload), got %s", c.Routing.CatalogRefresh)
 	}
 	if c.Routing.ShapeCacheSize < 1 {
 		add("routing.shape_cache_size", "want >= 1, got %d", c.Routing.ShapeCacheSize)

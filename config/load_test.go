@@ -85,6 +85,34 @@ func TestLoad(t *testing.T) {
 			wantErr: []string{"idle_timeout", "max_message_size"},
 		},
 		{
+			name:    "tls.client unknown value",
+			file:    "primary: {host: x}\nauth: {method: trust}\ntls: {client: always}\n",
+			wantErr: []string{"tls.client: want disable, allow or require"},
+		},
+		{
+			name:    "tls.client require without a certificate",
+			file:    "primary: {host: x}\nauth: {method: trust}\ntls: {client: require}\n",
+			wantErr: []string{"tls.client: require needs tls.cert_file"},
+		},
+		{
+			name: "routing ryw_wait and catalog_refresh",
+			file: "primary: {host: x}\nauth: {method: trust}\nrouting: {ryw_wait: 250ms}\n",
+			env:  []string{"PGSLUICE_ROUTING_CATALOG_REFRESH=0s"},
+			check: func(t *testing.T, c Config) {
+				if c.Routing.RYWWait != 250*time.Millisecond || c.Routing.CatalogRefresh != 0 {
+					t.Errorf("ryw_wait=%s catalog_refresh=%s", c.Routing.RYWWait, c.Routing.CatalogRefresh)
+				}
+				if d := Default(); d.Routing.RYWWait != 0 || d.Routing.CatalogRefresh != time.Minute {
+					t.Errorf("defaults: ryw_wait=%s catalog_refresh=%s, want 0s and 1m", d.Routing.RYWWait, d.Routing.CatalogRefresh)
+				}
+			},
+		},
+		{
+			name:    "negative routing durations",
+			file:    "primary: {host: x}\nauth: {method: trust}\nrouting: {ryw_wait: -1s, catalog_refresh: -5s}\n",
+			wantErr: []string{"routing.ryw_wait: want >= 0", "routing.catalog_refresh: want >= 0"},
+		},
+		{
 			name:    "max_message_size bounds",
 			file:    "primary: {host: x}\nauth: {method: trust}\nmax_message_size: 2GiB\n",
 			wantErr: []string{"max_message_size: want between 1KiB and 1GiB"},

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"slices"
 	"strings"
@@ -50,6 +51,7 @@ func (s *session) adminLogin() error {
 	s.admin = true
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.clientWriterLocked()
 	for _, p := range adminParams {
 		v := p[1]
 		if p[0] == "application_name" {
@@ -62,12 +64,16 @@ func (s *session) adminLogin() error {
 	s.txStatus = 'I'
 	s.setStateLocked(stateIdle)
 	s.conn.SetDeadline(time.Time{})
-	return s.w.Flush()
+	return s.flushClientLocked()
 }
 
-// adminLoop serves the console until the client leaves.
+// adminLoop serves the console until the client leaves. It keeps its own
+// reader (admin sessions are few; buffers.go pools those of clients).
 func (s *session) adminLoop() {
 	max := int(s.cfg.MaxMessageSize)
+	if s.r == nil {
+		s.r = bufio.NewReaderSize(s.conn, wire.BufferSize)
+	}
 	skipping := false
 	for {
 		typ, n, err := wire.PeekHeader(s.r, max)
@@ -117,8 +123,8 @@ func (s *session) adminLoop() {
 			continue
 		}
 		s.mu.Lock()
-		s.w.Write(out)
-		err = s.w.Flush()
+		s.clientWriterLocked().Write(out)
+		err = s.flushClientLocked()
 		s.mu.Unlock()
 		if err != nil {
 			return

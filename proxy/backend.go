@@ -74,7 +74,7 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 	defer cancel()
 	conn, err := d.DialContext(ctx, "tcp", p.key.addr)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connect to %s: %v", pgerr.ErrBackendUnavailable, p.key.addr, err)
+		return nil, fmt.Errorf("%w: connect to %s: %w", pgerr.ErrBackendUnavailable, p.key.addr, err)
 	}
 	var raw syscall.RawConn
 	if tc, ok := conn.(*net.TCPConn); ok {
@@ -96,7 +96,7 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 	})
 	if err := fe.Flush(); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("%w: %v", pgerr.ErrBackendUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", pgerr.ErrBackendUnavailable, err)
 	}
 	if err := auth.AuthenticateServer(fe, p.key.user, p.password); err != nil {
 		conn.Close()
@@ -115,7 +115,7 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 		msg, err := fe.Receive()
 		if err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("%w: %v", pgerr.ErrBackendUnavailable, err)
+			return nil, fmt.Errorf("%w: %w", pgerr.ErrBackendUnavailable, err)
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ParameterStatus:
@@ -159,11 +159,11 @@ func negotiateServerTLS(conn net.Conn, mode string) (net.Conn, error) {
 	binary.BigEndian.PutUint32(req[0:4], 8)
 	binary.BigEndian.PutUint32(req[4:8], wire.SSLRequestCode)
 	if _, err := conn.Write(req[:]); err != nil {
-		return nil, fmt.Errorf("%w: %v", pgerr.ErrBackendUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", pgerr.ErrBackendUnavailable, err)
 	}
 	var resp [1]byte
 	if _, err := io.ReadFull(conn, resp[:]); err != nil {
-		return nil, fmt.Errorf("%w: %v", pgerr.ErrBackendUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", pgerr.ErrBackendUnavailable, err)
 	}
 	switch resp[0] {
 	case 'S':

@@ -22,6 +22,16 @@
 // the response stream. After an ErrorResponse the ops of that Sync cycle are
 // dropped, as PostgreSQL ignores the rest of the batch until Sync.
 //
+// # Memory and the hot path
+//
+// An idle client holds no I/O buffers: the client reader and writer come
+// from sync.Pools while a message is handled (buffers.go), and a waiting
+// session parks on its socket without a buffer; the logged-in client is
+// served on a fresh goroutine so login's stack growth is not kept. A
+// server connection idle for less than peekAfter is lent without the
+// MSG_PEEK liveness check (pool.go). bench/ measures both (scenario 5,
+// BenchmarkIdleClientMemory, BenchmarkRoundTrip).
+//
 // # Safe points
 //
 // In transaction mode a server connection goes back to the pool only at a

@@ -105,6 +105,7 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 			if d != nil && writesData(d) {
 				s.wrote = true
 			}
+			s.noteAttachedLocked(d)
 			return s.b, nil
 		}
 		s.mu.Unlock()
@@ -116,7 +117,11 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 // When the client has nothing more buffered the bytes are flushed at once;
 // otherwise they wait for the next message (one syscall per batch).
 func (s *session) send(b *backend) error {
-	_, err := b.w.Write(s.out)
+	msg := s.out
+	if s.retry.rec {
+		msg = s.recordForRetry()
+	}
+	_, err := b.w.Write(msg)
 	s.out = s.out[:0]
 	if err == nil && s.r.Buffered() == 0 {
 		err = b.w.Flush()
@@ -125,6 +130,9 @@ func (s *session) send(b *backend) error {
 		}
 	} else {
 		s.dirty = b
+	}
+	if err != nil && s.retry.rec {
+		err = s.retryWriteFailed(b, err)
 	}
 	s.end()
 	return err
@@ -181,7 +189,7 @@ func (s *session) handleParse(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Parse message"), false)
 	}
-	d := s.srv.classify(string(query))
+	d := s.srv.classifyBytes(query)
 	if d.Reason == routing.ReasonHintRejected {
 		return s.localError(errWriteToReplica, false)
 	}
@@ -195,7 +203,8 @@ func (s *session) handleParse(body []byte) error {
 		}
 		pn = stmtName(s.settings.sig, query, params)
 	}
-	info := &stmtInfo{name: pn, decision: d}
+	info := s.newStmtInfo(pn)
+	info.decision = d
 	info.parse = append(info.parse, pn...)
 	info.parse = append(info.parse, 0)
 	info.parse = append(info.parse, query...)
@@ -225,6 +234,7 @@ func (s *session) handleParse(body []byte) error {
 	}
 	s.out = s.out[:0]
 	if pn == "" {
+		s.recycleUnnamed(s.unnamed)
 		s.unnamed = info
 		s.unnamedGen++
 		b.unnamedBy, b.unnamedGen = s, s.unnamedGen
@@ -400,7 +410,7 @@ func (s *session) handleQuery(body []byte) error {
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return pgerr.Fatal(pgerr.ProtocolViolation, "invalid Query message")
 	}
-	d := s.srv.classify(string(body[:len(body)-1]))
+	d := s.srv.classifyBytes(body[:len(body)-1])
 	if d.Reason == routing.ReasonHintRejected {
 		return s.localError(errWriteToReplica, true)
 	}

@@ -29,13 +29,14 @@ type TargetConfig struct {
 	AcquireTimeout time.Duration // how long a client waits for a backend; default 10s
 	MaxClientConn  int           // client connections accepted; default 5000
 	TLS            bool          // accept TLS from clients (use testTLS's certificate)
+	// Log, when set, also receives every proxy log line at debug level.
+	Log io.Writer
 	// Tweak edits the full proxy configuration last.
 	Tweak func(*config.Config)
+	// Registry receives the proxy's metrics (default: a fresh one).
+	Registry *prometheus.Registry
 	// Reload is passed as proxy.Options.Reload (admin RELOAD).
 	Reload func() error
-	// Log, when set, also receives the proxy's log as JSON lines, from
-	// level INFO (the slow-query log) up.
-	Log io.Writer
 }
 
 // defaultTargetConfig returns the configuration every test starts from.
@@ -49,6 +50,10 @@ func defaultTargetConfig() TargetConfig {
 		TLS:            false,
 	}
 }
+
+// routingOff makes startProxy turn routing.enabled off (see
+// TestSessionTrackingRoutingOff).
+var routingOff bool
 
 // viaProxy is true when startTarget returns a pgsluice DSN; assertions that
 // only hold through a pool (backend counts bounded by PoolSize) check it.
@@ -95,14 +100,21 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 			t.Fatal(err)
 		}
 	}
+	if routingOff {
+		cfg.Routing.Enabled = false
+	}
 	if tc.Tweak != nil {
 		tc.Tweak(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if tc.Log != nil {
-		log = slog.New(slog.NewJSONHandler(io.MultiWriter(testLogWriter{t}, tc.Log), &slog.HandlerOptions{Level: slog.LevelInfo}))
+		log = slog.New(slog.NewTextHandler(tc.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: prometheus.NewRegistry(), Logger: log, Reload: tc.Reload})
+	reg := tc.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Logger: log, Reload: tc.Reload})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -21,19 +22,37 @@ type metrics struct {
 	cancels         prometheus.Counter
 	decisions       *prometheus.CounterVec
 	// decisionCache holds the decision counters by label pair, so the hot
-	// path does no label hashing.
-	decisionCache sync.Map // [2]string -> prometheus.Counter
+	// path does no label hashing and no allocation: a copy-on-write map
+	// (the label pairs are a small fixed set), read without locking.
+	decisionCache atomic.Pointer[map[decisionKey]prometheus.Counter]
+	decisionMu    sync.Mutex // serialises decisionCache updates
 }
+
+type decisionKey struct{ target, reason string }
 
 // routed counts one routing decision.
 func (m *metrics) routed(target, reason string) {
-	k := [2]string{target, reason}
-	if c, ok := m.decisionCache.Load(k); ok {
-		c.(prometheus.Counter).Inc()
-		return
+	k := decisionKey{target, reason}
+	if cur := m.decisionCache.Load(); cur != nil {
+		if c, ok := (*cur)[k]; ok {
+			c.Inc()
+			return
+		}
 	}
-	c := m.decisions.WithLabelValues(target, reason)
-	m.decisionCache.Store(k, c)
+	m.decisionMu.Lock()
+	defer m.decisionMu.Unlock()
+	next := map[decisionKey]prometheus.Counter{}
+	if cur := m.decisionCache.Load(); cur != nil {
+		for kk, c := range *cur {
+			next[kk] = c
+		}
+	}
+	c, ok := next[k]
+	if !ok {
+		c = m.decisions.WithLabelValues(target, reason)
+		next[k] = c
+		m.decisionCache.Store(&next)
+	}
 	c.Inc()
 }
 

@@ -26,6 +26,8 @@ type node struct {
 	weight     int
 	configured bool // the configured primary
 	state      atomic.Pointer[nodeState]
+	// kick asks the monitor for a sample now (routing.ryw_wait).
+	kick chan struct{}
 }
 
 // nodeState is one immutable health sample.
@@ -59,18 +61,23 @@ type topology struct {
 	// last committed: the read-your-writes scope "user".
 	writesMu sync.Mutex
 	writes   map[string]time.Time
+
+	// classifier receives the function catalog loaded from the primary;
+	// catalogReq asks for a reload (catalog.go).
+	classifier *routing.Classifier
+	catalogReq chan struct{}
 }
 
 func newTopology(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*topology, error) {
-	t := &topology{cfg: cfg, log: log, stop: make(chan struct{}), writes: map[string]time.Time{}}
-	t.primary = &node{name: "primary", addr: cfg.Primary.Addr(), weight: 1, configured: true}
+	t := &topology{cfg: cfg, log: log, stop: make(chan struct{}), writes: map[string]time.Time{}, catalogReq: make(chan struct{}, 1)}
+	t.primary = &node{name: "primary", addr: cfg.Primary.Addr(), weight: 1, configured: true, kick: make(chan struct{}, 1)}
 	t.nodes = append(t.nodes, t.primary)
 	for i, r := range cfg.Replicas {
 		w := r.Weight
 		if w <= 0 {
 			w = 1
 		}
-		t.nodes = append(t.nodes, &node{name: "replica" + strconv.Itoa(i), addr: r.Addr(), weight: w})
+		t.nodes = append(t.nodes, &node{name: "replica" + strconv.Itoa(i), addr: r.Addr(), weight: w, kick: make(chan struct{}, 1)})
 	}
 	// Until the first check, the configured roles are assumed, but
 	// replicas take no reads: they must prove they are streaming.
@@ -91,10 +98,17 @@ func newTopology(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 // start launches one monitor goroutine per node when there are replicas
 // (with none, there is nothing to decide).
 func (t *topology) start() {
-	if len(t.nodes) < 2 || !t.cfg.Routing.Enabled {
+	if !t.cfg.Routing.Enabled {
 		return
 	}
 	user, password := t.monitorLogin()
+	if user != "" && t.classifier != nil {
+		t.wg.Add(1)
+		go t.watchCatalog(user, password)
+	}
+	if len(t.nodes) < 2 {
+		return
+	}
 	if user == "" {
 		t.log.Warn("routing: no monitor login (set routing.monitor.user or auth.users); replicas take no reads")
 		return
@@ -125,22 +139,27 @@ func (t *topology) monitorLogin() (string, string) {
 	return "", ""
 }
 
-const healthSQL = `SELECT pg_catalog.pg_is_in_recovery(),
-  (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END)::text,
-  CASE WHEN NOT pg_catalog.pg_is_in_recovery() OR pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0
-       ELSE COALESCE(extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END::float8`
-
-// watch checks one node every routing.health_interval until close.
-func (t *topology) watch(n *node, user, password string) {
-	defer t.wg.Done()
+// monitorDSN is the connection string of the monitor's login on addr.
+func (t *topology) monitorDSN(addr, user, password string) string {
 	ssl := "prefer"
 	if t.cfg.TLS.Server == "disable" {
 		ssl = "disable"
 	} else if t.cfg.TLS.Server == "require" {
 		ssl = "require"
 	}
-	dsn := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&application_name=pgsluice_monitor&connect_timeout=2",
-		url.PathEscape(user), url.PathEscape(password), n.addr, url.PathEscape(t.cfg.Routing.Monitor.Database), ssl)
+	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&application_name=pgsluice_monitor&connect_timeout=2",
+		url.PathEscape(user), url.PathEscape(password), addr, url.PathEscape(t.cfg.Routing.Monitor.Database), ssl)
+}
+
+const healthSQL = `SELECT pg_catalog.pg_is_in_recovery(),
+  (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END)::text,
+  CASE WHEN NOT pg_catalog.pg_is_in_recovery() OR pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn() THEN 0
+       ELSE COALESCE(extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END::float8`
+
+// watch checks one node every routing.health_interval until close.
+func (t *topology) watch(n *node, user, password string) {
+	defer t.wg.Done()
+	dsn := t.monitorDSN(n.addr, user, password)
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
@@ -176,6 +195,7 @@ func (t *topology) watch(n *node, user, password string) {
 		case <-t.stop:
 			return
 		case <-tick.C:
+		case <-n.kick:
 		}
 	}
 }
@@ -189,6 +209,10 @@ func (t *topology) assess(n *node, st *nodeState) {
 		p := t.primary.state.Load()
 		if p.reachable && p.lsn > st.lsn {
 			st.lagBytes = int64(p.lsn - st.lsn)
+		} else if p.reachable && st.reachable {
+			// It has replayed all the primary had: the time since its
+			// last replayed transaction is idleness, not lag.
+			st.lagSeconds = 0
 		}
 		st.healthy = st.reachable &&
 			(t.cfg.Routing.MaxReplicaLag == 0 || st.lagBytes <= int64(t.cfg.Routing.MaxReplicaLag)) &&

@@ -63,6 +63,17 @@ func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger,
 	return p
 }
 
+// peekAfter is how long a server connection must have sat idle in the pool
+// before acquire spends a syscall (a non-blocking MSG_PEEK, backend.quiet)
+// to make sure the server has not ended the session meanwhile. Under load
+// connections go from one client to the next within microseconds and the
+// peek was one extra syscall per transaction; a server that ends a session
+// within peekAfter of its release (pg_terminate_backend, shutdown) is
+// noticed by the client that gets it next, as a lost server connection
+// (08006), the same race PgBouncer has between its event loop and a
+// client's query.
+const peekAfter = 5 * time.Millisecond
+
 // acquire lends a backend, waiting at most pool.acquire_timeout. The error
 // names the setting when the wait times out.
 func (p *pool) acquire(ctx context.Context) (*backend, error) {
@@ -72,16 +83,18 @@ func (p *pool) acquire(ctx context.Context) (*backend, error) {
 		if err != nil {
 			return nil, err
 		}
+		idleFor := time.Since(b.lastUsed)
 		// A server that ended the session while it sat idle has left a
-		// FATAL message or EOF on the socket: never lend it.
-		if !b.quiet() {
+		// FATAL message or EOF on the socket: never lend it. Checked only
+		// when the connection sat idle for peekAfter or longer (see there).
+		if idleFor >= peekAfter && !b.quiet() {
 			p.log.Debug("discarding server connection closed by the server", "pool", p.key.addr)
 			p.discard(b)
 			continue
 		}
 		// A connection idle for long may have died silently (network):
 		// prove it alive with a round trip before use.
-		if p.cfg.Pool.CheckAfter > 0 && time.Since(b.lastUsed) > p.cfg.Pool.CheckAfter {
+		if p.cfg.Pool.CheckAfter > 0 && idleFor > p.cfg.Pool.CheckAfter {
 			if err := b.check(); err != nil {
 				p.log.Debug("discarding dead server connection", "pool", p.key.addr, "err", err)
 				p.discard(b)
@@ -158,6 +171,7 @@ func (p *pool) takeGrant(ctx context.Context, g grant) (*backend, error) {
 func (p *pool) open(ctx context.Context) (*backend, error) {
 	b, err := dialBackend(ctx, p)
 	if err != nil {
+		err = connectFailed(p, err)
 		p.mu.Lock()
 		p.total--
 		p.active--

@@ -20,6 +20,13 @@ func (s *session) pump(b *backend, done chan struct{}) {
 	for {
 		// Block for data without holding the lock.
 		if _, err := b.r.Peek(1); err != nil {
+			s.mu.Lock()
+			if s.retryLocked(b, causeLost) {
+				b = s.b
+				s.mu.Unlock()
+				continue
+			}
+			s.mu.Unlock()
 			s.pumpFailed(b, err)
 			return
 		}
@@ -28,8 +35,13 @@ func (s *session) pump(b *backend, done chan struct{}) {
 			s.mu.Unlock()
 			return
 		}
+		s.clientWriterLocked()
 		for b.r.Buffered() > 0 {
 			if err := s.serverMessageLocked(b); err != nil {
+				if err == errRetried || s.retryLocked(b, causeLost) {
+					b = s.b
+					break
+				}
 				s.mu.Unlock()
 				s.pumpFailed(b, err)
 				return
@@ -43,6 +55,9 @@ func (s *session) pump(b *backend, done chan struct{}) {
 				}
 				return
 			}
+		}
+		if s.retry.armed && len(s.retry.held) > 0 {
+			s.releaseHeldLocked()
 		}
 		if err := s.flushClientLocked(); err != nil {
 			// The client is gone; the session goroutine notices and
@@ -109,7 +124,10 @@ func (s *session) emitDueLocked() {
 		if s.skipping && s.skipCycle == x.cycle && !isReady(x.msg) {
 			continue
 		}
-		s.w.Write(x.msg)
+		if len(s.retry.held) > 0 {
+			s.disarmLocked() // held server responses come first
+		}
+		s.clientWriterLocked().Write(x.msg)
 		if x.synthErr {
 			s.startSkipLocked(x.cycle)
 		}
@@ -152,6 +170,11 @@ func (s *session) serverMessageLocked(b *backend) error {
 	}
 	head := s.ops.front()
 	drop := head != nil && head.kind.dropped()
+	if s.retry.armed && typ != 'E' {
+		if done, err := s.retryScreenLocked(b, typ, n, head, drop); done || err != nil {
+			return err
+		}
+	}
 	if s.trace {
 		h := -1
 		if head != nil {
@@ -164,6 +187,10 @@ func (s *session) serverMessageLocked(b *backend) error {
 		// Fast path: forward (or drop) the raw frame.
 		if drop && typ != 'N' || drop && head.kind == opSettings {
 			if err := wire.Skip(b.r, n); err != nil {
+				return err
+			}
+		} else if s.retry.armed {
+			if err := s.holdLocked(b, n); err != nil {
 				return err
 			}
 		} else if err := wire.Forward(s.w, b.r, n); err != nil {
@@ -232,6 +259,15 @@ func (s *session) serverMessageLocked(b *backend) error {
 		body, err := wire.ReadBody(b.r, n, &s.scratch)
 		if err != nil {
 			return err
+		}
+		if s.retry.armed {
+			if c := retryCauseOf(body); c != causeNone && s.retryLocked(b, c) {
+				return errRetried
+			}
+			head = s.ops.front() // retryLocked may have waited
+			if head == nil || head.kind != opSettings {
+				s.disarmLocked()
+			}
 		}
 		if head != nil && head.kind == opSettings {
 			s.log.Warn("replaying session settings failed", "err", errorText(body))

@@ -33,28 +33,48 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 	}
 	s.mu.Lock()
 	pinned := s.pinned != routing.PinNone
-	last := s.lastWrite
+	last := s.rywSinceLocked()
 	s.mu.Unlock()
 	if pinned {
 		return writer()
 	}
-	switch s.cfg.Routing.ReadYourWrites {
-	case "off":
-		last = time.Time{}
-	case "user":
-		if u := topo.lastWrite(s.database, s.user); u.After(last) {
-			last = u
-		}
-	}
-	n := topo.reader(last, func(n *node) int {
+	load := func(n *node) int {
 		active, _, _, _ := s.poolOn(n).stats()
 		return active
-	})
+	}
+	n := topo.reader(last, load)
+	if n == nil && !last.IsZero() && s.cfg.Routing.RYWWait > 0 {
+		n = topo.waitReader(last, s.cfg.Routing.RYWWait, load)
+	}
 	if n == nil {
 		return writer()
 	}
 	s.srv.m.routed("replica", d.Reason)
 	return s.poolOn(n), n
+}
+
+// rywSinceLocked returns when the last write visible to this client's
+// reads committed (zero: none, or read_your_writes off). mu held.
+func (s *session) rywSinceLocked() time.Time {
+	last := s.lastWrite
+	switch s.cfg.Routing.ReadYourWrites {
+	case "off":
+		last = time.Time{}
+	case "user":
+		if u := s.srv.topo.lastWrite(s.database, s.user); u.After(last) {
+			last = u
+		}
+	}
+	return last
+}
+
+// noteAttachedLocked runs in lockAttached, with a server attached and mu
+// held, before the message of decision d (nil: no statement) is sent.
+func (s *session) noteAttachedLocked(d *routing.Decision) {
+	if d != nil && d.Target == routing.TargetPrimary && changesCatalog(d) {
+		s.catalogDDL = true
+	}
+	s.noteRetryLocked(d)
 }
 
 // poolOn returns this client's pool on node n.
@@ -69,6 +89,10 @@ func (s *session) poolOn(n *node) *pool {
 // noteReadyLocked runs at each ReadyForQuery the client sees: a transaction
 // that wrote and has now ended starts the read-your-writes window.
 func (s *session) noteReadyLocked(status byte) {
+	if status == 'I' && s.catalogDDL {
+		s.catalogDDL = false
+		s.srv.topo.requestCatalog()
+	}
 	if status == 'I' && s.wrote {
 		s.wrote = false
 		now := time.Now()
@@ -111,4 +135,35 @@ func (s *session) setRoute(set routing.SessionSet) error {
 	s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, st}})
 	s.cycle++
 	return s.flushClientLocked()
+}
+
+// rywPoll is how often a read waiting for a replica to catch up
+// (routing.ryw_wait) asks the monitors for fresh samples.
+const rywPoll = 10 * time.Millisecond
+
+// waitReader waits up to wait for a replica to replay what the primary had
+// when lastWrite committed, sampling the nodes as it goes, and returns it;
+// nil when none did in time (or none is healthy).
+func (t *topology) waitReader(lastWrite time.Time, wait time.Duration, load func(*node) int) *node {
+	deadline := time.Now().Add(wait)
+	for {
+		healthy := false
+		for _, n := range t.nodes {
+			if n.state.Load().healthy && n != t.writer() {
+				healthy = true
+			}
+			select {
+			case n.kick <- struct{}{}:
+			default:
+			}
+		}
+		left := time.Until(deadline)
+		if !healthy || left <= 0 {
+			return nil
+		}
+		time.Sleep(min(rywPoll, left))
+		if n := t.reader(lastWrite, load); n != nil {
+			return n
+		}
+	}
 }

@@ -95,13 +95,14 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 	}
 	s.cfg.Store(&cfg)
 	s.classifier = routing.New(routing.Options{CacheSize: cfg.Routing.ShapeCacheSize})
-	if cfg.TLS.CertFile != "" {
+	if cfg.TLS.CertFile != "" && cfg.TLS.Client != "disable" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
 			return nil, err
 		}
 		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	s.requireTLS = cfg.TLS.Client == "require"
 	s.qs = newQueryStats(func() int { return s.cfgNow().Metrics.MaxFingerprints })
 	m, err := newMetrics(reg, s)
 	if err != nil {
@@ -111,6 +112,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 	if s.topo, err = newTopology(&cfg, log, reg); err != nil {
 		return nil, err
 	}
+	s.topo.classifier = s.classifier
 	return s, nil
 }
 
@@ -218,7 +220,18 @@ func (s *Server) poolFor(database, user, password, addr string) *pool {
 
 // classify classifies SQL text through the shared shape cache.
 func (s *Server) classify(sql string) routing.Decision {
+	if !s.cfgNow().Routing.Enabled && !routing.MayAffectSession(sql) {
+		// Not routing: only pins, SETs and resets matter, and this text
+		// has none (a substring test ~7x cheaper than a cache hit).
+		return routing.SessionNeutralDecision()
+	}
 	return s.classifier.Classify(sql)
+}
+
+// classifyBytes classifies a message body without copying it when its
+// shape is cached.
+func (s *Server) classifyBytes(sql []byte) routing.Decision {
+	return s.classifier.ClassifyBytes(sql)
 }
 
 // registerCancel mints a unique cancel key for a session.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pgsluice/pgsluice/config"
@@ -42,7 +43,14 @@ type session struct {
 	cfg  *config.Config
 	log  *slog.Logger
 	conn net.Conn
-	r    *bufio.Reader // client reader: session goroutine only
+	r    *bufio.Reader // client reader: session goroutine only; nil while waiting (buffers.go)
+	// Pooled client buffers (buffers.go): rawc is the plain client socket
+	// (nil under TLS); wSmall is s.w while no pooled writer is held (mu).
+	rawc      syscall.RawConn
+	peekFn    func(fd uintptr) bool
+	peekCalls int
+	wSmall    *bufio.Writer
+	wPooled   bool // s.w is a pooled writer (mu)
 
 	user, database string
 	admitted       bool       // counted against pool.max_client_conn
@@ -91,13 +99,22 @@ type session struct {
 	// fatal is set when the session must end (server lost, shutdown). (mu)
 	fatal error
 
-	stmts      map[string]*stmtInfo // client statement name -> statement
-	unnamed    *stmtInfo
-	unnamedGen uint64
-	lastBound  *stmtInfo
-	scratch    []byte
-	trace      bool   // log every message (debug level)
-	out        []byte // scratch for rewritten messages
+	stmts   map[string]*stmtInfo // client statement name -> statement
+	unnamed *stmtInfo
+	// unnamedSpare is a replaced unnamed statement kept for reuse
+	// (newStmtInfo, buffers.go).
+	unnamedSpare *stmtInfo
+	unnamedGen   uint64
+	lastBound    *stmtInfo
+	scratch      []byte
+	trace        bool   // log every message (debug level)
+	out          []byte // scratch for rewritten messages
+	// retry records a read cycle sent to a replica so that it can be
+	// replayed elsewhere if the replica fails (retry.go).
+	retry retryState
+	// catalogDDL: the current transaction ran DDL that may change
+	// functions; reload their volatility when it ends (mu).
+	catalogDDL bool
 
 	// Query statistics (querystats.go): qstart is when the pending
 	// statement's first message arrived, lastQS the last entry used
@@ -109,11 +126,23 @@ type session struct {
 
 // run serves the client until it leaves. It owns conn.
 func (s *session) run(ctx context.Context) {
-	defer s.cleanup()
 	if err := s.startup(ctx); err != nil {
 		s.log.Debug("client login failed", "err", err)
+		s.cleanup()
 		return
 	}
+	// Serve the logged-in client on a fresh goroutine: login (SCRAM,
+	// pgproto3) grows this one's stack to several KiB, which an idle
+	// client would otherwise keep (memory per idle client, bench
+	// scenario 5). Counted in srv.wg like this one.
+	s.srv.wg.Add(1)
+	go s.serve()
+}
+
+// serve runs the session loop of a logged-in client, then cleans up.
+func (s *session) serve() {
+	defer s.srv.wg.Done()
+	defer s.cleanup()
 	if s.admin {
 		s.adminLoop()
 		return
@@ -124,7 +153,7 @@ func (s *session) run(ctx context.Context) {
 // setState records a state transition (mu held).
 func (s *session) setStateLocked(st sessState) {
 	if s.state != st {
-		if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		if s.trace { // debug level enabled (newSession)
 			s.log.Debug("session state", "from", s.state.String(), "to", st.String())
 		}
 		s.state = st
@@ -134,8 +163,10 @@ func (s *session) setStateLocked(st sessState) {
 // loop reads client messages until Terminate, EOF or a fatal error.
 func (s *session) loop() {
 	max := int(s.cfg.MaxMessageSize)
+	s.initClientBuffers()
 	for {
-		if s.r.Buffered() == 0 {
+		var err error
+		if s.r == nil || s.r.Buffered() == 0 {
 			if err := s.flushServer(); err != nil {
 				s.serverWriteFailed(err)
 				return
@@ -144,8 +175,13 @@ func (s *session) loop() {
 				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 				return
 			}
+			err = s.waitClient()
 		}
-		typ, n, err := wire.PeekHeader(s.r, max)
+		var typ byte
+		var n int
+		if err == nil {
+			typ, n, err = wire.PeekHeader(s.r, max)
+		}
 		if err != nil {
 			switch {
 			case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
@@ -229,9 +265,9 @@ func (s *session) attach(d *routing.Decision) error {
 	s.mu.Unlock()
 	s.srv.waitIfPaused()
 	p, n := s.choose(d)
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Pool.AcquireTimeout+s.cfg.Pool.ConnectTimeout)
-	b, err := p.acquire(ctx)
-	cancel()
+	// No context deadline: acquire bounds its wait by pool.acquire_timeout
+	// (a timer only when it must wait) and dialing by pool.connect_timeout.
+	b, err := p.acquire(context.Background())
 	if err != nil {
 		if n != s.srv.topo.writer() && !errors.Is(err, pgerr.ErrAcquireTimeout) {
 			// A replica we cannot reach: take it out of rotation and
@@ -288,6 +324,9 @@ func (s *session) wakePumpLocked() {
 // pushLocked queues an op and emits synthetic responses that are due.
 func (s *session) pushLocked(o op) {
 	o.cycle = s.cycle
+	if s.retry.rec {
+		s.recordOpLocked(o)
+	}
 	s.ops.push(o)
 	s.wakePumpLocked()
 	if o.kind == opSynth {
@@ -408,10 +447,20 @@ func (s *session) flushServer() error {
 	}
 	b := s.dirty
 	s.mu.Lock()
+	if b != s.b {
+		// Replaced after a failure (retry.go) or released: its
+		// unflushed bytes must not reach a server.
+		s.mu.Unlock()
+		s.dirty = nil
+		return nil
+	}
 	s.inflight++
 	s.mu.Unlock()
 	err := b.w.Flush()
 	s.dirty = nil
+	if err != nil && s.retry.rec {
+		err = s.retryWriteFailed(b, err)
+	}
 	s.end()
 	return err
 }
@@ -456,11 +505,17 @@ func (s *session) safeToReleaseLocked() bool {
 }
 
 // flushClientLocked flushes the client writer (mu held).
+// A pooled writer goes back to its pool once it is empty.
 func (s *session) flushClientLocked() error {
 	if s.w.Buffered() == 0 {
+		s.putClientWriterLocked()
 		return nil
 	}
-	return s.w.Flush()
+	err := s.w.Flush()
+	if err == nil {
+		s.putClientWriterLocked()
+	}
+	return err
 }
 
 // sendFatal writes a FATAL ErrorResponse to the client.
@@ -470,7 +525,11 @@ func (s *session) sendFatal(err error) {
 	s.srv.m.errors.WithLabelValues(pgerr.Class(e.Code)).Inc()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	// 5s, not 1s: the deadline starts before this goroutine may next run,
+	// and on a saturated machine (a connection storm) a 1s deadline could
+	// expire before the write, turning e.g. a 53300 refusal into a silent
+	// close. A client that stopped reading still cannot hold us long.
+	s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	s.w.Write(pgerr.AppendResponse(nil, e))
 	s.w.Flush()
 }
@@ -521,6 +580,9 @@ func (s *session) cleanup() {
 		}
 		b.pool.release(b)
 	}
+	s.mu.Lock()
+	s.releaseClientBuffersLocked()
+	s.mu.Unlock()
 	if s.key != (cancelKey{}) {
 		s.srv.cancels.Delete(s.key)
 	}

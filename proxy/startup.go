@@ -63,7 +63,9 @@ func (s *session) startup(ctx context.Context) error {
 			}
 			s.conn = tc
 			s.w.Reset(tc)
-			s.r.Reset(tc)
+			if s.r != nil {
+				s.r.Reset(tc)
+			}
 			tlsDone = true
 			continue
 		case wire.GSSENCRequest:
@@ -144,6 +146,7 @@ func (s *session) startup(ctx context.Context) error {
 	s.key = s.srv.registerCancel(s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.clientWriterLocked()
 	for _, name := range sortedKeys(params) {
 		s.w.Write(encode(&pgproto3.ParameterStatus{Name: name, Value: params[name]}))
 	}
@@ -156,7 +159,7 @@ func (s *session) startup(ctx context.Context) error {
 		s.setStateLocked(stateIdle)
 	}
 	s.conn.SetDeadline(time.Time{})
-	return s.w.Flush()
+	return s.flushClientLocked()
 }
 
 // loginParams borrows a server connection, brings it to the client's
@@ -243,8 +246,7 @@ func newSession(srv *Server, c net.Conn) *session {
 		log:   srv.log,
 		conn:  c,
 		since: time.Now(),
-		r:     bufio.NewReaderSize(c, wire.BufferSize),
-		w:     bufio.NewWriterSize(c, wire.BufferSize),
+		w:     bufio.NewWriterSize(c, idleWriterSize), // pooled full-size writers: buffers.go
 		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),
 	}

@@ -139,19 +139,32 @@ func (c *Classifier) Classify(sql string) Decision {
 	if !c.enabled || len(key) > maxKeyBytes {
 		return c.compute(sql, info)
 	}
-	s := &c.shards[maphash.Bytes(c.seed, key)%numShards]
-	if e := (*s.snap.Load())[string(key)]; e != nil {
-		if e.ref.Load() == 0 {
-			e.ref.Store(1)
-		}
-		c.hits[rand.Uint32()%hitStripes].n.Add(1)
-		return e.d
+	if d, ok := c.cached(key); ok {
+		return d
 	}
+	s := &c.shards[maphash.Bytes(c.seed, key)%numShards]
 	s.misses.Add(1)
 	gen := c.gen.Load()
 	d := c.compute(sql, info)
 	c.insert(s, string(key), d, gen)
 	return d
+}
+
+// cached returns the cached decision for a shape key, counting the hit.
+func (c *Classifier) cached(key []byte) (Decision, bool) {
+	if !c.enabled || len(key) > maxKeyBytes {
+		return Decision{}, false
+	}
+	s := &c.shards[maphash.Bytes(c.seed, key)%numShards]
+	e := (*s.snap.Load())[string(key)]
+	if e == nil {
+		return Decision{}, false
+	}
+	if e.ref.Load() == 0 {
+		e.ref.Store(1)
+	}
+	c.hits[rand.Uint32()%hitStripes].n.Add(1)
+	return e.d, true
 }
 
 func (c *Classifier) compute(sql string, info shapeInfo) Decision {

@@ -13,6 +13,10 @@
 // concurrent use; Decisions it returns share their slices with its cache and
 // must be treated as read-only. SetCatalog swaps the function-volatility
 // Catalog (built from LoadCatalogSQL on the primary) and clears the cache.
+// A caller that does not route (routing off) may call MayAffectSession
+// first, a cheap substring test, and skip Classify when it returns false:
+// such a text cannot set, pin or reset anything in the session
+// (SessionNeutralDecision stands in for it).
 //
 // # The shape cache
 //

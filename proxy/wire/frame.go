@@ -118,10 +118,9 @@ func AppendHeader(dst []byte, typ byte, bodyLen int) []byte {
 
 // WriteMessage writes one message with the given type and body to w.
 func WriteMessage(w *bufio.Writer, typ byte, body []byte) error {
-	var h [HeaderLen]byte
-	h[0] = typ
-	binary.BigEndian.PutUint32(h[1:], uint32(len(body)+4))
-	if _, err := w.Write(h[:]); err != nil {
+	// The header is built in w's free space (a local array would escape
+	// through w.Write and cost an allocation per message).
+	if _, err := w.Write(AppendHeader(w.AvailableBuffer(), typ, len(body))); err != nil {
 		return err
 	}
 	_, err := w.Write(body)

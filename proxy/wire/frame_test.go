@@ -72,3 +72,29 @@ func FuzzFrames(f *testing.F) {
 		}
 	})
 }
+
+// WriteMessage frames into the writer's buffer: no allocation per message,
+// and the same bytes as AppendHeader + body.
+func TestWriteMessageNoAlloc(t *testing.T) {
+	var out bytes.Buffer
+	w := bufio.NewWriterSize(&out, 64)
+	body := []byte("SELECT 1\x00")
+	if n := testing.AllocsPerRun(100, func() {
+		if err := WriteMessage(w, 'Q', body); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("WriteMessage: %v allocations per message, want 0", n)
+	}
+	w.Flush()
+	want := append(AppendHeader(nil, 'Q', len(body)), body...)
+	got := out.Bytes()
+	if len(got) == 0 || len(got)%len(want) != 0 {
+		t.Fatalf("wrote %d bytes, want a multiple of %d", len(got), len(want))
+	}
+	for i := 0; i < len(got); i += len(want) {
+		if !bytes.Equal(got[i:i+len(want)], want) {
+			t.Fatalf("message at %d = %q, want %q", i, got[i:i+len(want)], want)
+		}
+	}
+}

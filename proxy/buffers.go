@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bufio"
+	"sync"
+	"syscall"
+
+	"github.com/pgsluice/pgsluice/proxy/wire"
+)
+
+// Memory per idle client. A client's full-size reader and writer
+// (wire.BufferSize each) come from process-wide pools and are held only
+// while the session has something to read or write; a logged-in client
+// that waits for its next query holds neither. The session goroutine then
+// waits for the socket to become readable without a buffer (a
+// non-blocking MSG_PEEK of one byte, then the netpoller), which costs the
+// same syscalls as the blocking read it replaces: that read also returned
+// EAGAIN once before parking.
+//
+// Under TLS the session keeps its reader (crypto/tls may hold decrypted
+// bytes the socket no longer shows); the writer is pooled either way.
+
+var (
+	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, wire.BufferSize) }}
+	clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, wire.BufferSize) }}
+)
+
+// idleWriterSize is the buffer of the small writer a session keeps while
+// it holds no pooled writer. The proxy's own paths take a pooled writer
+// before writing (clientWriterLocked); the small one only keeps s.w valid
+// for any other writer (FATAL messages are written straight through).
+const idleWriterSize = 64
+
+// clientWriterLocked makes s.w a full-size pooled writer (mu held). Every
+// path that writes more than a FATAL message to the client calls it first.
+func (s *session) clientWriterLocked() *bufio.Writer {
+	if s.wPooled {
+		return s.w
+	}
+	if s.w != nil && s.w.Buffered() > 0 {
+		// Keep the byte order: whatever the small writer holds goes first.
+		s.w.Flush()
+	}
+	if s.wSmall == nil {
+		s.wSmall = s.w
+	}
+	w := clientWriters.Get().(*bufio.Writer)
+	w.Reset(s.conn)
+	s.w = w
+	s.wPooled = true
+	return w
+}
+
+// putClientWriterLocked gives the pooled writer back once it is empty
+// (mu held).
+func (s *session) putClientWriterLocked() {
+	if !s.wPooled || s.w.Buffered() > 0 {
+		return
+	}
+	w := s.w
+	w.Reset(nil)
+	clientWriters.Put(w)
+	s.w = s.wSmall
+	s.wPooled = false
+}
+
+// waitClient is called by the session goroutine when nothing of the
+// client's is buffered. It gives the reader back, waits until the client
+// socket is readable (or closed, or a deadline passed), and takes a reader
+// again. The error is the wait's (a deadline set by Shutdown, a closed
+// socket): the caller treats it like a failed read.
+func (s *session) waitClient() error {
+	if s.rawc == nil {
+		if s.r == nil {
+			s.r = bufio.NewReaderSize(s.conn, wire.BufferSize)
+		}
+		return nil
+	}
+	if s.r != nil {
+		r := s.r
+		s.r = nil
+		r.Reset(nil)
+		clientReaders.Put(r)
+	}
+	s.peekCalls = 0
+	err := s.rawc.Read(s.peekFn)
+	r := clientReaders.Get().(*bufio.Reader)
+	r.Reset(s.conn)
+	s.r = r
+	return err
+}
+
+// peekClient is the RawConn.Read callback of waitClient. Returning true
+// ends the wait, which is always safe: the buffered read that follows is
+// an ordinary blocking read. Returning false (wait for the poller) is
+// safe only after the socket said EAGAIN, so that readiness cannot have
+// been signalled already.
+func (s *session) peekClient(fd uintptr) bool {
+	s.peekCalls++
+	if s.peekCalls > 1 {
+		return true // woken by the netpoller
+	}
+	var buf [1]byte
+	_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return !(err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+}
+
+// initClientBuffers prepares the buffer handling once the client is logged
+// in: plain sockets get the wait-without-buffer path.
+func (s *session) initClientBuffers() {
+	if sc, ok := s.conn.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			s.rawc = rc
+			s.peekFn = s.peekClient
+		}
+	}
+}
+
+// releaseClientBuffers returns the pooled buffers when the session ends
+// (mu held; the pump has exited).
+func (s *session) releaseClientBuffersLocked() {
+	if s.wPooled {
+		s.w.Reset(nil) // drop unflushed bytes: the client is gone
+		clientWriters.Put(s.w)
+		s.w = s.wSmall
+		s.wPooled = false
+	}
+	if s.r != nil && s.rawc != nil {
+		r := s.r
+		s.r = nil
+		r.Reset(nil)
+		clientReaders.Put(r)
+	}
+}
+
+// newStmtInfo returns a statement record for a Parse. The unnamed
+// statement is replaced by nearly every extended-protocol query; its
+// record (and the Parse bytes it keeps) is recycled from the one before
+// last, which nothing references any more: s.unnamed is the last one and
+// s.lastBound (a portal bound earlier may still be executed) is checked.
+func (s *session) newStmtInfo(name string) *stmtInfo {
+	if sp := s.unnamedSpare; name == "" && sp != nil && sp != s.lastBound && sp != s.unnamed {
+		s.unnamedSpare = nil
+		*sp = stmtInfo{parse: sp.parse[:0]}
+		return sp
+	}
+	return &stmtInfo{name: name}
+}
+
+// recycleUnnamed keeps the unnamed statement being replaced for reuse by
+// a later Parse (see newStmtInfo).
+func (s *session) recycleUnnamed(old *stmtInfo) {
+	if old != nil && cap(old.parse) <= 4096 {
+		s.unnamedSpare = old
+	}
+}

@@ -1,0 +1,203 @@
+package proxy_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsluice/pgsluice/config"
+)
+
+// onReplica runs sql (whose last column is pg_is_in_recovery()) and
+// reports where it ran.
+func onReplica(t *testing.T, ctx context.Context, c *pgx.Conn, sql string, mode pgx.QueryExecMode) bool {
+	t.Helper()
+	rows, err := c.Query(ctx, sql, mode)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	defer rows.Close()
+	var rec bool
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec = vals[len(vals)-1].(bool)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return rec
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Function volatility comes from the primary's pg_proc: a user-defined
+// VOLATILE function sends its SELECT to the primary, STABLE and IMMUTABLE
+// ones to the replica, and CREATE OR REPLACE through the proxy changing the
+// volatility changes the routing once the catalog is reloaded.
+func TestFunctionVolatilityFromCatalog(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	asApp(t, `CREATE OR REPLACE FUNCTION cat_vol() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
+CREATE OR REPLACE FUNCTION cat_stable() RETURNS int LANGUAGE sql STABLE AS 'SELECT 2';
+CREATE OR REPLACE FUNCTION cat_imm(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT x + 1';`)
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dsn := startTarget(t, cluster, withReplicaReg(prometheus.NewRegistry(), func(cfg *config.Config) {
+		cfg.Routing.CatalogRefresh = 0 // startup and DDL only
+	}))
+	c := connect(t, ctx, dsn)
+	waitReplicaReads(t, ctx, c)
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		eventually(t, 10*time.Second, "SELECT cat_stable() never reached the replica (catalog not loaded?)", func() bool {
+			return onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", mode)
+		})
+		if !onReplica(t, ctx, c, "SELECT cat_imm(41), pg_is_in_recovery()", mode) {
+			t.Errorf("%v: an IMMUTABLE user function went to the primary", mode)
+		}
+		if !onReplica(t, ctx, c, "SELECT public.cat_stable(), pg_is_in_recovery()", mode) {
+			t.Errorf("%v: a schema-qualified STABLE user function went to the primary", mode)
+		}
+		if onReplica(t, ctx, c, "SELECT cat_vol(), pg_is_in_recovery()", mode) {
+			t.Errorf("%v: a VOLATILE user function went to the replica", mode)
+		}
+	}
+	// Through the proxy: the DDL triggers a reload.
+	if _, err := c.Exec(ctx, "CREATE OR REPLACE FUNCTION cat_stable() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 2'"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "cat_stable() made VOLATILE through the proxy still goes to the replica", func() bool {
+		return !onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	})
+	if _, err := c.Exec(ctx, "CREATE OR REPLACE FUNCTION cat_stable() RETURNS int LANGUAGE sql STABLE AS 'SELECT 2'"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "cat_stable() made STABLE again never returns to the replica", func() bool {
+		return onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	})
+}
+
+// routing.catalog_refresh reloads the catalog periodically, which catches
+// DDL that did not go through the proxy.
+func TestCatalogPeriodicRefresh(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, `CREATE OR REPLACE FUNCTION cat_periodic() RETURNS int LANGUAGE sql STABLE AS 'SELECT 3'`)
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dsn := startTarget(t, cluster, withReplicaReg(prometheus.NewRegistry(), func(cfg *config.Config) {
+		cfg.Routing.CatalogRefresh = 200 * time.Millisecond
+	}))
+	c := connect(t, ctx, dsn)
+	waitReplicaReads(t, ctx, c)
+	eventually(t, 10*time.Second, "STABLE cat_periodic() never reached the replica", func() bool {
+		return onReplica(t, ctx, c, "SELECT cat_periodic(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	})
+	asApp(t, `CREATE OR REPLACE FUNCTION cat_periodic() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 3'`)
+	eventually(t, 10*time.Second, "cat_periodic() made VOLATILE behind the proxy's back still goes to the replica", func() bool {
+		return !onReplica(t, ctx, c, "SELECT cat_periodic(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	})
+}
+
+// A statement taken for a read that turns out to write (here: a function
+// the proxy's catalog still believes IMMUTABLE, redefined behind its back
+// to insert) gets 25006 on the replica; outside a transaction the proxy
+// swallows that and runs it on the primary, where it succeeds. Inside a
+// transaction nothing is retried (it is on the primary anyway).
+func TestReadOnlyErrorRetriedOnPrimary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, `DROP TABLE IF EXISTS ro_log; CREATE TABLE ro_log(n int);
+CREATE OR REPLACE FUNCTION ro_sneaky() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';`)
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	dsn := startTarget(t, cluster, withReplicaReg(reg, func(cfg *config.Config) {
+		cfg.Routing.CatalogRefresh = 0
+		// The retried statement wrote: read-your-writes would (rightly)
+		// keep the next reads on the primary.
+		cfg.Routing.ReadYourWrites = "off"
+	}))
+	c := connect(t, ctx, dsn)
+	waitReplicaReads(t, ctx, c)
+	eventually(t, 10*time.Second, "IMMUTABLE ro_sneaky() never reached the replica", func() bool {
+		return onReplica(t, ctx, c, "SELECT ro_sneaky(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	})
+	// Behind the proxy's back: now it writes.
+	asApp(t, `CREATE OR REPLACE FUNCTION ro_sneaky() RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+BEGIN INSERT INTO ro_log VALUES (1); RETURN 1; END $$`)
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
+		_, _, r0 := routedCounts(t, reg)
+		if onReplica(t, ctx, c, "SELECT ro_sneaky(), pg_is_in_recovery()", mode) {
+			t.Errorf("%v: the writing function answered from the replica", mode)
+		}
+		if _, _, r1 := routedCounts(t, reg); r1 != r0+1 {
+			t.Errorf("%v: retry counter went from %v to %v, want one retry (the replica answered 25006 first)", mode, r0, r1)
+		}
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM ro_log /* pgsluice: route=primary */").Scan(&n); err != nil || n != i+1 {
+			t.Errorf("%v: ro_log has %d rows (err %v), want %d: the retried write must run exactly once", mode, n, err, i+1)
+		}
+	}
+}
+
+// With routing.enabled=false the proxy skips classifying texts that cannot
+// touch the session (routing.MayAffectSession); SET tracking, pins and
+// prepared statements must work exactly as with routing on. The session
+// tests run again with routing off, plus an advisory-lock pin check.
+func TestSessionTrackingRoutingOff(t *testing.T) {
+	routingOff = true
+	defer func() { routingOff = false }()
+	t.Run("SearchPathIsolation", TestSearchPathIsolation)
+	t.Run("ListenNotify", TestListenNotify)
+	t.Run("NamedPreparedStatements", TestNamedPreparedStatements)
+	t.Run("StartupParametersFollowClient", TestStartupParametersFollowClient)
+	t.Run("AdvisoryLockPins", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		dsn := startTarget(t, cluster, func(c *TargetConfig) { c.PoolSize = 3 })
+		a := connect(t, ctx, dsn)
+		var pid, again int
+		if err := a.QueryRow(ctx, "SELECT pg_backend_pid() FROM (SELECT pg_advisory_lock(4242)) l").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		others := make([]*pgx.Conn, 3)
+		for i := range others {
+			others[i] = connect(t, ctx, dsn)
+		}
+		for i := 0; i < 20; i++ {
+			for _, o := range others[:2] {
+				if _, err := o.Exec(ctx, "SELECT 1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := a.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&again); err != nil {
+				t.Fatal(err)
+			}
+			if again != pid {
+				t.Fatalf("after pg_advisory_lock the session moved from backend %d to %d: not pinned", pid, again)
+			}
+		}
+	})
+}

@@ -1,0 +1,17 @@
+package routing
+
+import "unsafe"
+
+// ClassifyBytes is Classify for text held in a buffer the caller reuses,
+// such as the body of a Query or Parse message: a shape already in the
+// cache costs no copy of the text. A miss classifies a copy, since the
+// cache may keep parts of the text. Safe for concurrent use.
+func (c *Classifier) ClassifyBytes(sql []byte) Decision {
+	var buf [stackKeyBytes]byte
+	// The shape key is built in buf; nothing keeps the text after this.
+	key, _ := appendShape(buf[:0], unsafe.String(unsafe.SliceData(sql), len(sql)))
+	if d, ok := c.cached(key); ok {
+		return d
+	}
+	return c.Classify(string(sql))
+}
