@@ -22,6 +22,10 @@ const (
 	PgBouncer  = "pgbouncer"
 	Pgsluice   = "pgsluice"
 	PgsluiceNR = "pgsluice routing=off"
+	// Scenario 6 variants (cache.go).
+	PgsluiceCacheMem   = "pgsluice cache=memory"
+	PgsluiceCacheRedis = "pgsluice cache=redis"
+	PgsluiceCacheOff   = "pgsluice cache=off"
 )
 
 // Config says what Run measures and for how long. It is a plain value.
@@ -90,6 +94,8 @@ type runner struct {
 	fresh  map[string]func(ctx context.Context, run int) (*Proc, Target, error)
 	login  Login
 	logDir string
+	// script, when set, is the pgbench -f file used instead of -S.
+	script string
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -126,7 +132,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	r.logf("bench: starting PostgreSQL 15 (max_connections=300)")
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	r.cluster, err = local.Start(sctx, local.Options{Dir: filepath.Join(work, "cluster")})
+	r.cluster, err = local.Start(sctx, local.Options{Dir: filepath.Join(work, "cluster"), Redis: slices.Contains(cfg.Scenarios, 6)})
 	if err != nil {
 		return rep, err
 	}
@@ -182,19 +188,28 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	variants := []struct {
 		name string
 		env  []string
-	}{{Pgsluice, nil}}
+		args []string
+	}{{Pgsluice, nil, nil}}
 	if slices.Contains(cfg.Scenarios, 7) {
 		variants = append(variants, struct {
 			name string
 			env  []string
-		}{PgsluiceNR, []string{"PGSLUICE_ROUTING_ENABLED=false"}})
+			args []string
+		}{PgsluiceNR, []string{"PGSLUICE_ROUTING_ENABLED=false"}, nil})
+	}
+	if slices.Contains(cfg.Scenarios, 6) {
+		cv, err := r.cacheVariants(work)
+		if err != nil {
+			return rep, err
+		}
+		variants = append(variants, cv...)
 	}
 	for i, v := range variants {
 		r.logf("bench: starting %s (%s)", v.name, cfg.PgsluiceBin)
 		psCfg := PgsluiceConfig{
 			Bin: cfg.PgsluiceBin, Name: v.name, LogPath: filepath.Join(work, fmt.Sprintf("pgsluice-%d.log", i)),
 			ServerHost: p.Host, ServerPort: p.Port, User: local.AppUser, Password: local.AppPassword, DB: local.AppDatabase,
-			AuthMethod: cfg.Auth, PoolSize: cfg.PoolSize, MaxClientConn: maxClients, Env: v.env,
+			AuthMethod: cfg.Auth, PoolSize: cfg.PoolSize, MaxClientConn: maxClients, Env: v.env, Args: v.args,
 		}
 		if i == 0 {
 			r.fresh[Pgsluice] = func(ctx context.Context, run int) (*Proc, Target, error) {
@@ -216,7 +231,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 
 	// Warm up: fill both pools and PostgreSQL's buffers.
-	for _, name := range []string{Direct, PgBouncer, Pgsluice, PgsluiceNR} {
+	for _, name := range []string{Direct, PgBouncer, Pgsluice, PgsluiceNR, PgsluiceCacheMem, PgsluiceCacheRedis, PgsluiceCacheOff} {
 		if t, ok := r.targets[name]; ok {
 			if _, err := r.pgbench(ctx, t, "simple", 50, time.Second, false, false); err != nil {
 				return rep, fmt.Errorf("warm-up %s: %w", name, err)
@@ -278,6 +293,7 @@ func (r *runner) pgbench(ctx context.Context, t Target, mode string, clients int
 	run := PgbenchRun{
 		Bin: r.cluster.Bin("pgbench"), Host: t.Host, Port: t.Port, User: r.login.User, Password: r.login.Password,
 		DB: r.login.DB, Mode: mode, Clients: clients, Threads: min(r.cfg.Threads, clients), Duration: d, Reconnect: reconnect,
+		Script: r.script,
 	}
 	if latencies {
 		run.LogDir = r.logDir
@@ -615,14 +631,6 @@ func warmOne(ctx context.Context, addr string, l Login) error {
 	}
 	defer c.Close()
 	return c.SimpleQuery(cctx, "SELECT 1")
-}
-
-// scenario6: the result cache is not wired into the proxy yet.
-func (r *runner) scenario6(context.Context) error {
-	for _, tn := range three {
-		r.na(6, "cached dashboard query", tn, "n/a (cache not wired yet)")
-	}
-	return nil
 }
 
 // scenario7: feature cost, pgsluice with routing off vs on (metrics are

@@ -32,6 +32,8 @@ type PgbenchRun struct {
 	// instead of for Duration.
 	Transactions int
 	Reconnect    bool // -C: a new connection per transaction
+	// Script, when set, is a pgbench script file run instead of -S.
+	Script string
 	// LogDir, when set, makes pgbench write per-transaction latencies there
 	// (--log) so percentiles can be computed.
 	LogDir string
@@ -64,8 +66,13 @@ type LoggedTxn struct {
 
 // Args returns the pgbench command line.
 func (r PgbenchRun) Args() []string {
-	a := []string{"-h", r.Host, "-p", strconv.Itoa(r.Port), "-U", r.User, "-n", "-S",
-		"-M", r.Mode, "-c", strconv.Itoa(r.Clients), "-j", strconv.Itoa(max(r.Threads, 1))}
+	workload := []string{"-S"}
+	if r.Script != "" {
+		workload = []string{"-f", r.Script}
+	}
+	a := []string{"-h", r.Host, "-p", strconv.Itoa(r.Port), "-U", r.User, "-n"}
+	a = append(a, workload...)
+	a = append(a, "-M", r.Mode, "-c", strconv.Itoa(r.Clients), "-j", strconv.Itoa(max(r.Threads, 1)))
 	if r.Transactions > 0 {
 		a = append(a, "-t", strconv.Itoa(r.Transactions))
 	} else {

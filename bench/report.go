@@ -243,6 +243,7 @@ func Checks(r *Report) []Check {
 			add(5, "RSS per idle client, "+c.Name, "≤ 8 KiB", c.Median.PerClientKiB, fmt.Sprintf("%.1f KiB", c.Median.PerClientKiB), c.Median.PerClientKiB <= 8 && c.Median.Failures == 0, true)
 		}
 	}
+	cacheChecks(r, add)
 	return out
 }
 
@@ -427,7 +428,7 @@ func (r *Report) Markdown() string {
 		w("\n")
 	}
 	if has(6) {
-		w("### 6. Cached dashboard query\n\nn/a (cache not wired yet)\n\n")
+		cacheSection(r, w, note)
 	}
 	if has(7) {
 		w("### 7. Feature cost (50 clients, -M extended; metrics are always on)\n\n")

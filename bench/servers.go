@@ -278,6 +278,8 @@ type PgsluiceConfig struct {
 	MaxClientConn int
 	// Env holds extra PGSLUICE_* settings (e.g. PGSLUICE_ROUTING_ENABLED=false).
 	Env []string
+	// Args are extra command-line arguments (e.g. --config FILE).
+	Args []string
 }
 
 // StartPgsluice starts the pgsluice binary with a clean environment (it
@@ -307,7 +309,7 @@ func StartPgsluice(ctx context.Context, c PgsluiceConfig) (*Proc, Target, error)
 		"PGSLUICE_LOG_LEVEL=warn",
 	}
 	env = append(env, c.Env...)
-	p, err := startProc(c.Name, c.LogPath, env, nil, c.Bin)
+	p, err := startProc(c.Name, c.LogPath, env, nil, c.Bin, c.Args...)
 	if err != nil {
 		return nil, Target{}, err
 	}

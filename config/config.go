@@ -29,6 +29,7 @@ type Config struct {
 	Routing  RoutingConfig `mapstructure:"routing" yaml:"routing"`
 	Log      LogConfig     `mapstructure:"log" yaml:"log"`
 	Metrics  MetricsConfig `mapstructure:"metrics" yaml:"metrics"`
+	Cache    CacheConfig   `mapstructure:"cache" yaml:"cache"`
 }
 
 // AdminConfig configures the HTTP admin endpoint and the admin console.
@@ -162,6 +163,69 @@ type MetricsConfig struct {
 	// text only, no literals); 0 disables the slow-query log.
 	SlowQueryThreshold time.Duration `mapstructure:"slow_query_threshold" yaml:"slow_query_threshold"`
 }
+
+// CacheConfig configures the result cache. Nothing is cached unless a rule
+// matches a statement or the statement carries a /* pgsluice: cache ttl=… */
+// hint; a nocache hint always wins.
+type CacheConfig struct {
+	// Backend is memory (in-process), redis (shared), tiered (memory in
+	// front of redis) or off.
+	Backend string `mapstructure:"backend" yaml:"backend"`
+	// MaxBytes is the in-process tier's budget.
+	MaxBytes ByteSize `mapstructure:"max_bytes" yaml:"max_bytes"`
+	// MaxEntryBytes is the largest result stored (RowDescription, DataRows
+	// and CommandComplete bytes).
+	MaxEntryBytes ByteSize         `mapstructure:"max_entry_bytes" yaml:"max_entry_bytes"`
+	Redis         CacheRedisConfig `mapstructure:"redis" yaml:"redis"`
+	Rules         []CacheRule      `mapstructure:"rules" yaml:"rules"`
+	// OnOpaqueWrite says what a statement whose writes cannot be seen
+	// (CALL, DO, volatile functions, DDL without a table) does to the
+	// cache: flush (the database's entries) or ignore.
+	OnOpaqueWrite string                  `mapstructure:"on_opaque_write" yaml:"on_opaque_write"`
+	Invalidation  CacheInvalidationConfig `mapstructure:"invalidation" yaml:"invalidation"`
+}
+
+// CacheRedisConfig locates the shared Redis: Addr (standalone), Addrs
+// (cluster seeds) or MasterName with Addrs as the sentinels.
+type CacheRedisConfig struct {
+	Addr       string   `mapstructure:"addr" yaml:"addr"`
+	Addrs      []string `mapstructure:"addrs" yaml:"addrs"`
+	MasterName string   `mapstructure:"master_name" yaml:"master_name"`
+	Password   Secret   `mapstructure:"password" yaml:"password"`
+	// Timeout bounds every Redis operation; a slower Redis is bypassed.
+	Timeout time.Duration `mapstructure:"timeout" yaml:"timeout"`
+	// KeyPrefix namespaces the keys of pgsluice instances sharing a Redis.
+	KeyPrefix string `mapstructure:"key_prefix" yaml:"key_prefix"`
+}
+
+// CacheRule asks for caching: statements reading only Tables, or of the
+// query shape Fingerprint (16 hex digits, pg_query fingerprint), are cached
+// for TTL.
+type CacheRule struct {
+	Tables      []string      `mapstructure:"tables" yaml:"tables"`
+	Fingerprint string        `mapstructure:"fingerprint" yaml:"fingerprint"`
+	TTL         time.Duration `mapstructure:"ttl" yaml:"ttl"`
+}
+
+// CacheInvalidationConfig configures invalidation of writes that bypass the
+// proxy through logical replication (a slot and a publication on the
+// primary, read with pgoutput).
+type CacheInvalidationConfig struct {
+	LogicalReplication bool `mapstructure:"logical_replication" yaml:"logical_replication"`
+	// Slot names the temporary slot; empty (the default) means a fresh
+	// name per connection, which several instances need.
+	Slot string `mapstructure:"slot" yaml:"slot"`
+	// Publication is created FOR ALL TABLES when missing.
+	Publication string `mapstructure:"publication" yaml:"publication"`
+}
+
+// Cache backends.
+const (
+	CacheOff    = "off"
+	CacheMemory = "memory"
+	CacheRedis  = "redis"
+	CacheTiered = "tiered"
+)
 
 // LogConfig configures the structured logger.
 type LogConfig struct {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -53,7 +54,15 @@ func Default() Config {
 			CatalogRefresh:    60 * time.Second,
 			Monitor:           MonitorConfig{Database: "postgres"},
 		},
-		Log:     LogConfig{Level: "info", Format: "text"},
+		Log: LogConfig{Level: "info", Format: "text"},
+		Cache: CacheConfig{
+			Backend:       CacheMemory,
+			MaxBytes:      256 << 20,
+			MaxEntryBytes: 1 << 20,
+			Redis:         CacheRedisConfig{Timeout: 20 * time.Millisecond, KeyPrefix: "pgsluice"},
+			OnOpaqueWrite: "flush",
+			Invalidation:  CacheInvalidationConfig{Publication: "pgsluice_cache"},
+		},
 		Metrics: MetricsConfig{MaxFingerprints: 200, SlowQueryThreshold: time.Second},
 	}
 }
@@ -385,6 +394,7 @@ func (c Config) Validate() error {
 	if c.Metrics.SlowQueryThreshold < 0 {
 		add("metrics.slow_query_threshold", "want a duration >= 0 (0 disables), got %s", c.Metrics.SlowQueryThreshold)
 	}
+	p = append(p, c.Cache.problems()...)
 	switch strings.ToLower(c.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:
@@ -400,6 +410,97 @@ func (c Config) Validate() error {
 	}
 	sort.Strings(p)
 	return &ValidationError{Problems: p}
+}
+
+// replIdentRE is what replication slot and publication names may look like
+// (so that they never need quoting).
+var replIdentRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// problems validates the cache section, naming each bad key.
+func (c CacheConfig) problems() []string {
+	var p []string
+	add := func(key, format string, args ...any) {
+		p = append(p, "cache."+key+": "+fmt.Sprintf(format, args...))
+	}
+	switch c.Backend {
+	case CacheOff, CacheMemory, CacheRedis, CacheTiered:
+	default:
+		add("backend", "want memory, redis, tiered or off, got %q", c.Backend)
+	}
+	if c.MaxBytes < 1<<20 {
+		add("max_bytes", "want at least 1MiB, got %s", c.MaxBytes)
+	}
+	if c.MaxEntryBytes < 1 || c.MaxEntryBytes > c.MaxBytes {
+		add("max_entry_bytes", "want between 1 and cache.max_bytes (%s), got %s", c.MaxBytes, c.MaxEntryBytes)
+	}
+	if c.Backend == CacheRedis || c.Backend == CacheTiered {
+		r := c.Redis
+		switch {
+		case r.MasterName != "" && len(r.Addrs) == 0:
+			add("redis.addrs", "required with cache.redis.master_name (the sentinels' host:port list)")
+		case r.Addr == "" && len(r.Addrs) == 0:
+			add("redis.addr", "required when cache.backend is %s (host:port; or cache.redis.addrs for cluster/sentinel)", c.Backend)
+		case r.Addr != "" && len(r.Addrs) > 0:
+			add("redis.addr", "set either cache.redis.addr (standalone) or cache.redis.addrs (cluster/sentinel), not both")
+		}
+		for i, a := range append([]string{r.Addr}, r.Addrs...) {
+			if a == "" && i == 0 {
+				continue
+			}
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				key := "redis.addr"
+				if i > 0 {
+					key = fmt.Sprintf("redis.addrs[%d]", i-1)
+				}
+				add(key, "want host:port, got %q", a)
+			}
+		}
+	}
+	if c.Redis.Timeout <= 0 {
+		add("redis.timeout", "want a positive duration such as 20ms, got %s", c.Redis.Timeout)
+	}
+	if c.Redis.KeyPrefix == "" {
+		add("redis.key_prefix", "required")
+	}
+	for i, r := range c.Rules {
+		key := fmt.Sprintf("rules[%d]", i)
+		if len(r.Tables) == 0 && r.Fingerprint == "" {
+			add(key, "needs tables or fingerprint")
+		}
+		if len(r.Tables) > 0 && r.Fingerprint != "" {
+			add(key, "set tables or fingerprint, not both (use two rules)")
+		}
+		for j, t := range r.Tables {
+			if strings.TrimSpace(t) == "" {
+				add(fmt.Sprintf("%s.tables[%d]", key, j), "empty table name")
+			}
+		}
+		if r.Fingerprint != "" {
+			if _, err := strconv.ParseUint(r.Fingerprint, 16, 64); err != nil || len(r.Fingerprint) != 16 {
+				add(key+".fingerprint", "want 16 hex digits (the pg_query fingerprint, e.g. 2fcd54e4a1b8c0f3), got %q", r.Fingerprint)
+			}
+		}
+		if r.TTL <= 0 {
+			add(key+".ttl", "want a positive duration such as 60s, got %s", r.TTL)
+		}
+	}
+	switch c.OnOpaqueWrite {
+	case "flush", "ignore":
+	default:
+		add("on_opaque_write", "want flush or ignore, got %q", c.OnOpaqueWrite)
+	}
+	if c.Invalidation.Slot != "" && !replIdentRE.MatchString(c.Invalidation.Slot) {
+		add("invalidation.slot", "use 1-63 characters among a-z, 0-9 and _ (empty: a fresh temporary slot per connection), got %q", c.Invalidation.Slot)
+	}
+	if !replIdentRE.MatchString(c.Invalidation.Publication) {
+		add("invalidation.publication", "use 1-63 characters among a-z, 0-9 and _, got %q", c.Invalidation.Publication)
+	}
+	if c.Invalidation.LogicalReplication {
+		if c.Backend == CacheOff {
+			add("invalidation.logical_replication", "needs a cache (cache.backend is off)")
+		}
+	}
+	return p
 }
 
 // YAML renders the effective configuration with secrets masked, for

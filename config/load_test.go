@@ -108,9 +108,82 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			name: "cache section as the issue shows it",
+			file: `primary: {host: x}
+auth: {method: trust}
+cache:
+  backend: tiered
+  max_bytes: 256MiB
+  max_entry_bytes: 1MiB
+  redis:
+    addr: 127.0.0.1:6379
+    password: s3cret
+  rules:
+    - tables: [products, rate_tables]
+      ttl: 60s
+    - fingerprint: 2fcd54e4a1b8c0f3
+      ttl: 10s
+  on_opaque_write: ignore
+  invalidation: {logical_replication: true, slot: s1, publication: p1}
+`,
+			check: func(t *testing.T, c Config) {
+				cc := c.Cache
+				if cc.Backend != CacheTiered || cc.MaxBytes != 256<<20 || cc.MaxEntryBytes != 1<<20 || cc.Redis.Addr != "127.0.0.1:6379" ||
+					cc.Redis.Password != "s3cret" || cc.Redis.Timeout != 20*time.Millisecond || cc.OnOpaqueWrite != "ignore" {
+					t.Errorf("cache = %+v", cc)
+				}
+				if len(cc.Rules) != 2 || cc.Rules[0].TTL != time.Minute || len(cc.Rules[0].Tables) != 2 || cc.Rules[1].Fingerprint != "2fcd54e4a1b8c0f3" {
+					t.Errorf("rules = %+v", cc.Rules)
+				}
+				if !cc.Invalidation.LogicalReplication || cc.Invalidation.Slot != "s1" || cc.Invalidation.Publication != "p1" {
+					t.Errorf("invalidation = %+v", cc.Invalidation)
+				}
+			},
+		},
+		{
 			name:    "negative routing durations",
 			file:    "primary: {host: x}\nauth: {method: trust}\nrouting: {ryw_wait: -1s, catalog_refresh: -5s}\n",
 			wantErr: []string{"routing.ryw_wait: want >= 0", "routing.catalog_refresh: want >= 0"},
+		},
+		{
+			name: "cache defaults: memory, nothing ruled, flush on opaque writes",
+			file: "primary: {host: x}\nauth: {method: trust}\n",
+			check: func(t *testing.T, c Config) {
+				cc := c.Cache
+				if cc.Backend != CacheMemory || cc.MaxBytes != 256<<20 || cc.MaxEntryBytes != 1<<20 || len(cc.Rules) != 0 ||
+					cc.OnOpaqueWrite != "flush" || cc.Redis.Timeout != 20*time.Millisecond || cc.Invalidation.LogicalReplication {
+					t.Errorf("cache defaults = %+v", cc)
+				}
+			},
+		},
+		{
+			name: "cache problems name their keys",
+			file: `primary: {host: x}
+auth: {method: trust}
+cache:
+  backend: redis
+  max_entry_bytes: 1GiB
+  redis: {timeout: 0s}
+  rules:
+    - {ttl: 10s}
+    - {fingerprint: xyz, ttl: 0s}
+    - {tables: [a], fingerprint: 2fcd54e4a1b8c0f3, ttl: 1s}
+  on_opaque_write: panic
+  invalidation: {logical_replication: true, slot: "Bad-Slot", publication: ""}
+`,
+			wantErr: []string{"cache.max_entry_bytes", "cache.redis.addr: required", "cache.redis.timeout", "cache.rules[0]: needs tables or fingerprint",
+				"cache.rules[1].fingerprint: want 16 hex digits", "cache.rules[1].ttl", "cache.rules[2]: set tables or fingerprint, not both",
+				"cache.on_opaque_write", "cache.invalidation.slot: use 1-63", "cache.invalidation.publication"},
+		},
+		{
+			name:    "cache backend and rule keys are checked",
+			file:    "primary: {host: x}\nauth: {method: trust}\ncache: {backend: memcached}\n",
+			wantErr: []string{"cache.backend: want memory, redis, tiered or off"},
+		},
+		{
+			name:    "unknown key in a cache rule names its path",
+			file:    "primary: {host: x}\nauth: {method: trust}\ncache: {rules: [{tables: [a], ttl: 1s, tll: 2s}]}\n",
+			wantErr: []string{"cache.rules[0]", "tll"},
 		},
 		{
 			name:    "max_message_size bounds",
@@ -156,7 +229,7 @@ func TestPrintConfigMasksSecrets(t *testing.T) {
 	if strings.Contains(y, "hunter2") {
 		t.Fatalf("password leaked:\n%s", y)
 	}
-	for _, want := range []string{"name: app", "password: '********'", "acquire_timeout: 5s", "max_message_size: 1GiB", "mode: transaction"} {
+	for _, want := range []string{"name: app", "password: '********'", "backend: memory", "max_bytes: 256MiB", "timeout: 20ms", "acquire_timeout: 5s", "max_message_size: 1GiB", "mode: transaction"} {
 		if !strings.Contains(y, want) {
 			t.Errorf("print-config lacks %q:\n%s", want, y)
 		}

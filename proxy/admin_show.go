@@ -15,19 +15,6 @@ import (
 	"github.com/pgsluice/pgsluice/config"
 )
 
-// CacheStats are the result cache's counters shown by SHOW CACHE, one
-// backend (memory or redis) at a time.
-type CacheStats struct {
-	Backend       string
-	Entries       int64
-	Bytes         int64
-	Hits          int64
-	Misses        int64
-	Bypasses      int64
-	Evictions     int64
-	Invalidations int64
-}
-
 type adminShow struct {
 	help string
 	fn   func(*Server) *resultSet
@@ -103,7 +90,7 @@ func (s *Server) sessionList() []*session {
 
 // nodeName returns the node name of a server address.
 func (s *Server) nodeName(addr string) string {
-	for _, n := range s.topo.nodes {
+	for _, n := range s.topo.list() {
 		if n.addr == addr {
 			return n.name
 		}
@@ -363,7 +350,7 @@ func showReplicas(s *Server) *resultSet {
 		}
 		return "no"
 	}
-	for _, n := range s.topo.nodes {
+	for _, n := range s.topo.list() {
 		st := n.state.Load()
 		role := "replica"
 		if n == w {
@@ -377,14 +364,15 @@ func showReplicas(s *Server) *resultSet {
 }
 
 func showCache(s *Server) *resultSet {
-	r := &resultSet{cols: []string{"backend", "entries", "bytes", "hits", "misses", "bypasses", "evictions", "invalidations"}, tag: "SHOW"}
-	if s.cacheStats == nil {
-		return r
+	r := &resultSet{cols: []string{"backend", "entries", "bytes", "hits", "misses", "bypasses", "evictions", "invalidations",
+		"skipped", "stored"}, tag: "SHOW"}
+	c := s.CacheStats()
+	if !c.Enabled {
+		return r // cache.backend: off
 	}
-	if c, ok := s.cacheStats(); ok {
-		r.rows = append(r.rows, []string{c.Backend, itoa(c.Entries), itoa(c.Bytes), itoa(c.Hits), itoa(c.Misses),
-			itoa(c.Bypasses), itoa(c.Evictions), itoa(c.Invalidations)})
-	}
+	u := func(n uint64) string { return strconv.FormatUint(n, 10) }
+	r.rows = append(r.rows, []string{c.Backend, itoa(c.Entries), itoa(c.Bytes), u(c.Hits), u(c.Misses),
+		u(c.Bypasses), u(c.Evictions), u(c.Invalidations), u(c.Skipped), u(c.Stored)})
 	return r
 }
 

@@ -68,7 +68,7 @@ var backendIDs atomic.Uint64
 // dialBackend connects and authenticates to node as user on database,
 // reads the server's startup parameters and returns an idle backend.
 func dialBackend(ctx context.Context, p *pool) (*backend, error) {
-	cfg := p.cfg
+	cfg := p.cfg()
 	d := net.Dialer{Timeout: cfg.Pool.ConnectTimeout}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Pool.ConnectTimeout)
 	defer cancel()
@@ -98,7 +98,7 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 		conn.Close()
 		return nil, fmt.Errorf("%w: %w", pgerr.ErrBackendUnavailable, err)
 	}
-	if err := auth.AuthenticateServer(fe, p.key.user, p.password); err != nil {
+	if err := auth.AuthenticateServer(fe, p.key.user, p.password()); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -205,7 +205,7 @@ func (b *backend) quiet() bool {
 // check runs an empty query to prove an idle connection is alive. Used on
 // connections idle longer than pool.check_after.
 func (b *backend) check() error {
-	b.conn.SetDeadline(time.Now().Add(b.pool.cfg.Pool.ConnectTimeout))
+	b.conn.SetDeadline(time.Now().Add(b.pool.cfg().Pool.ConnectTimeout))
 	defer b.conn.SetDeadline(time.Time{})
 	if err := wire.WriteMessage(b.w, 'Q', []byte{0}); err != nil {
 		return err

@@ -25,7 +25,7 @@ const catalogRetry = 2 * time.Second
 func (t *topology) watchCatalog(user, password string) {
 	defer t.wg.Done()
 	var tick <-chan time.Time
-	if d := t.cfg.Routing.CatalogRefresh; d > 0 {
+	if d := t.conf().Routing.CatalogRefresh; d > 0 {
 		tk := time.NewTicker(d)
 		defer tk.Stop()
 		tick = tk.C
@@ -63,7 +63,7 @@ func (t *topology) loadCatalog(user, password string) error {
 		case <-ctx.Done():
 		}
 	}()
-	conn, err := pgx.Connect(ctx, t.monitorDSN(t.writer().addr, user, password))
+	conn, err := pgx.Connect(ctx, monitorDSN(t.conf(), t.writer().addr, user, password))
 	if err != nil {
 		return err
 	}

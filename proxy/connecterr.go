@@ -30,7 +30,7 @@ func connectFailed(p *pool, err error) error {
 	var ne net.Error
 	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
 		e = pgerr.Fatal(pgerr.ConnectionException,
-			"pgsluice: could not connect to server %s within pool.connect_timeout (%s)", p.key.addr, p.cfg.Pool.ConnectTimeout)
+			"pgsluice: could not connect to server %s within pool.connect_timeout (%s)", p.key.addr, p.cfg().Pool.ConnectTimeout)
 	} else {
 		e = pgerr.Fatal(pgerr.ConnectionException, "pgsluice: could not connect to server %s", p.key.addr)
 	}

@@ -66,6 +66,20 @@
 // admin console (admin.go, admin_show.go) instead of a server connection;
 // PAUSE closes a gate that attach waits on.
 //
+// # Result cache
+//
+// cache.go wires cachelayer in. Between transactions, with nothing in
+// flight, a statement a rule or hint asks for is looked up by a key over
+// database, user, session settings, text, parameters and formats; a hit is
+// answered with the stored frames as synthetic ops (no server attached).
+// On a miss the generations are snapshotted, the statement is sent to the
+// writer with a capture attached to its op, and the pump copies the
+// RowDescription/DataRow/CommandComplete frames it forwards and stores them
+// at CommandComplete. Extended-protocol Parse/Bind/Describe of the unnamed
+// portal are held back until the Execute decides. Writes invalidate the
+// tables they wrote at CommandComplete and again at the ReadyForQuery that
+// ends their transaction, before the client sees it.
+//
 // # Failure
 //
 // A client that leaves with a transaction open, a COPY running or anything in
@@ -73,4 +87,15 @@
 // that goes away under a busy client ends that client's session with a FATAL
 // error; other clients are unaffected. All errors reach clients through
 // proxy/pgerr, the one place that assigns SQLSTATEs.
+//
+// # Reload and handover
+//
+// The running configuration is an immutable *config.Config behind an
+// atomic pointer; so are each pool's and the topology's copies. Server.Reload
+// (reload.go) validates a new one, keeps the settings that cannot change live,
+// and swaps the snapshots section by section (the reloaders table); pools
+// resize in place, the topology swaps its node list. Listen (handover.go)
+// opens SO_REUSEPORT listeners that steer new connections to the newest
+// process on the port; Server.Handover drains the old accept queue, closes
+// it and serves the connected clients until they leave.
 package proxy

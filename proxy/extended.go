@@ -189,7 +189,7 @@ func (s *session) handleParse(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Parse message"), false)
 	}
-	d := s.srv.classifyBytes(query)
+	d := s.classifyParse(query)
 	if d.Reason == routing.ReasonHintRejected {
 		return s.localError(errWriteToReplica, false)
 	}
@@ -338,7 +338,9 @@ func (s *session) handleDescribe(body []byte) error {
 		s.out = wire.AppendHeader(s.out, 'D', len(body))
 		s.out = append(s.out, body...)
 	}
-	s.pushLocked(op{kind: opDescribe})
+	o := op{kind: opDescribe}
+	s.cacheNoteOpLocked(&o, nil)
+	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
 	return s.send(b)
@@ -358,7 +360,9 @@ func (s *session) handleExecute(body []byte) error {
 	if err != nil {
 		return s.localError(err, false)
 	}
-	s.pushLocked(s.timedLocked(o, d, 0))
+	o = s.timedLocked(o, d, 0)
+	s.cacheNoteOpLocked(&o, d)
+	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
 	s.out = wire.AppendHeader(s.out[:0], 'E', len(body))
@@ -421,12 +425,20 @@ func (s *session) handleQuery(body []byte) error {
 		s.pin(d.Pin)
 	}
 	start := nanotime()
+	if s.srv.cache != nil {
+		if done, err := s.cacheQuery(&d, body); done || err != nil {
+			return err
+		}
+	}
 	b, err := s.lockAttached(&d)
 	if err != nil {
+		s.cacheDropCapture()
 		return s.localError(err, true)
 	}
 	b.unnamedBy = nil // a simple query replaces the unnamed statement
-	s.pushLocked(s.timedLocked(op{kind: opQuery, sets: effects(&d)}, &d, start))
+	o := s.timedLocked(op{kind: opQuery, sets: effects(&d)}, &d, start)
+	s.cacheNoteOpLocked(&o, &d)
+	s.pushLocked(o)
 	s.inflight++
 	s.mu.Unlock()
 	s.out = wire.AppendHeader(s.out[:0], 'Q', len(body))

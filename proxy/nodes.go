@@ -28,6 +28,10 @@ type node struct {
 	state      atomic.Pointer[nodeState]
 	// kick asks the monitor for a sample now (routing.ryw_wait).
 	kick chan struct{}
+
+	// watchStop and watchDone belong to the node's monitor goroutine while
+	// it runs (nil otherwise). Guarded by topology.mu.
+	watchStop, watchDone chan struct{}
 }
 
 // nodeState is one immutable health sample.
@@ -46,12 +50,15 @@ type nodeState struct {
 // topology is the set of nodes and what the monitor knows of them. Safe for
 // concurrent use.
 type topology struct {
-	cfg     *config.Config
+	cfgp    atomic.Pointer[config.Config] // swapped by reload
 	log     *slog.Logger
-	nodes   []*node // nodes[0] is the configured primary
-	primary *node   // nodes[0]
+	set     atomic.Pointer[[]*node] // immutable list, [0] is the configured primary; swapped by reload
+	primary *node                   // the configured primary (cannot change live)
 	stop    chan struct{}
 	wg      sync.WaitGroup
+
+	mu      sync.Mutex // serialises start, reload and the watchers' bookkeeping
+	started bool
 
 	healthy *prometheus.GaugeVec
 	lagB    *prometheus.GaugeVec
@@ -66,24 +73,23 @@ type topology struct {
 	// catalogReq asks for a reload (catalog.go).
 	classifier *routing.Classifier
 	catalogReq chan struct{}
+	// shared publishes writes to other instances (writeclock.go); nil
+	// unless read_your_writes is user and a Redis is configured.
+	shared *writeClock
 }
 
 func newTopology(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*topology, error) {
-	t := &topology{cfg: cfg, log: log, stop: make(chan struct{}), writes: map[string]time.Time{}, catalogReq: make(chan struct{}, 1)}
+	t := &topology{log: log, stop: make(chan struct{}), writes: map[string]time.Time{}, catalogReq: make(chan struct{}, 1), shared: newWriteClock(cfg)}
+	t.cfgp.Store(cfg)
 	t.primary = &node{name: "primary", addr: cfg.Primary.Addr(), weight: 1, configured: true, kick: make(chan struct{}, 1)}
-	t.nodes = append(t.nodes, t.primary)
+	nodes := []*node{t.primary}
 	for i, r := range cfg.Replicas {
-		w := r.Weight
-		if w <= 0 {
-			w = 1
-		}
-		t.nodes = append(t.nodes, &node{name: "replica" + strconv.Itoa(i), addr: r.Addr(), weight: w, kick: make(chan struct{}, 1)})
+		nodes = append(nodes, newReplicaNode(i, r))
 	}
 	// Until the first check, the configured roles are assumed, but
 	// replicas take no reads: they must prove they are streaming.
-	for _, n := range t.nodes {
-		n.state.Store(&nodeState{reachable: n.configured, healthy: n.configured, inRecovery: !n.configured})
-	}
+	t.primary.state.Store(&nodeState{reachable: true, healthy: true})
+	t.set.Store(&nodes)
 	t.healthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pgsluice_replica_healthy", Help: "1 when the node is in rotation (replicas) or accepting writes (primary)."}, []string{"node"})
 	t.lagB = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pgsluice_replica_lag_bytes", Help: "WAL bytes the replica's replay is behind the primary."}, []string{"node"})
 	t.lagS = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pgsluice_replica_lag_seconds", Help: "Replay delay of the replica (0 when it has replayed all it received)."}, []string{"node"})
@@ -95,27 +101,56 @@ func newTopology(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer
 	return t, nil
 }
 
+// newReplicaNode is the i-th configured replica, not yet proven healthy.
+func newReplicaNode(i int, r config.Node) *node {
+	w := r.Weight
+	if w <= 0 {
+		w = 1
+	}
+	n := &node{name: "replica" + strconv.Itoa(i), addr: r.Addr(), weight: w, kick: make(chan struct{}, 1)}
+	n.state.Store(&nodeState{inRecovery: true})
+	return n
+}
+
+func (t *topology) conf() *config.Config { return t.cfgp.Load() }
+
+// list returns the current nodes; [0] is the configured primary.
+func (t *topology) list() []*node { return *t.set.Load() }
+
 // start launches one monitor goroutine per node when there are replicas
 // (with none, there is nothing to decide).
 func (t *topology) start() {
-	if !t.cfg.Routing.Enabled {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.started = true
+	if cfg := t.conf(); cfg.Routing.Enabled {
+		if user, password := monitorLogin(cfg); user != "" && t.classifier != nil {
+			t.wg.Add(1)
+			go t.watchCatalog(user, password)
+		}
+	}
+	t.startWatchersLocked()
+}
+
+// startWatchersLocked starts the monitor of every node that has none.
+func (t *topology) startWatchersLocked() {
+	cfg := t.conf()
+	nodes := t.list()
+	if len(nodes) < 2 || !cfg.Routing.Enabled {
 		return
 	}
-	user, password := t.monitorLogin()
-	if user != "" && t.classifier != nil {
-		t.wg.Add(1)
-		go t.watchCatalog(user, password)
-	}
-	if len(t.nodes) < 2 {
-		return
-	}
+	user, password := monitorLogin(cfg)
 	if user == "" {
 		t.log.Warn("routing: no monitor login (set routing.monitor.user or auth.users); replicas take no reads")
 		return
 	}
-	for _, n := range t.nodes {
+	for _, n := range nodes {
+		if n.watchStop != nil {
+			continue
+		}
+		n.watchStop, n.watchDone = make(chan struct{}), make(chan struct{})
 		t.wg.Add(1)
-		go t.watch(n, user, password)
+		go t.watch(n, cfg, user, password)
 	}
 }
 
@@ -124,31 +159,32 @@ func (t *topology) close() {
 	case <-t.stop:
 	default:
 		close(t.stop)
+		t.shared.close()
 	}
 	t.wg.Wait()
 }
 
-func (t *topology) monitorLogin() (string, string) {
-	m := t.cfg.Routing.Monitor
+func monitorLogin(cfg *config.Config) (string, string) {
+	m := cfg.Routing.Monitor
 	if m.User != "" {
 		return m.User, string(m.Password)
 	}
-	if len(t.cfg.Auth.Users) > 0 {
-		return t.cfg.Auth.Users[0].Name, string(t.cfg.Auth.Users[0].Password)
+	if len(cfg.Auth.Users) > 0 {
+		return cfg.Auth.Users[0].Name, string(cfg.Auth.Users[0].Password)
 	}
 	return "", ""
 }
 
 // monitorDSN is the connection string of the monitor's login on addr.
-func (t *topology) monitorDSN(addr, user, password string) string {
+func monitorDSN(cfg *config.Config, addr, user, password string) string {
 	ssl := "prefer"
-	if t.cfg.TLS.Server == "disable" {
+	if cfg.TLS.Server == "disable" {
 		ssl = "disable"
-	} else if t.cfg.TLS.Server == "require" {
+	} else if cfg.TLS.Server == "require" {
 		ssl = "require"
 	}
 	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&application_name=pgsluice_monitor&connect_timeout=2",
-		url.PathEscape(user), url.PathEscape(password), addr, url.PathEscape(t.cfg.Routing.Monitor.Database), ssl)
+		url.PathEscape(user), url.PathEscape(password), addr, url.PathEscape(cfg.Routing.Monitor.Database), ssl)
 }
 
 const healthSQL = `SELECT pg_catalog.pg_is_in_recovery(),
@@ -156,21 +192,24 @@ const healthSQL = `SELECT pg_catalog.pg_is_in_recovery(),
   CASE WHEN NOT pg_catalog.pg_is_in_recovery() OR pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn() THEN 0
        ELSE COALESCE(extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END::float8`
 
-// watch checks one node every routing.health_interval until close.
-func (t *topology) watch(n *node, user, password string) {
+// watch checks one node every routing.health_interval until close or
+// until its watchStop closes.
+func (t *topology) watch(n *node, cfg *config.Config, user, password string) {
 	defer t.wg.Done()
-	dsn := t.monitorDSN(n.addr, user, password)
+	defer close(n.watchDone)
+	stop := n.watchStop
+	dsn := monitorDSN(cfg, n.addr, user, password)
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
 			conn.Close(context.Background())
 		}
 	}()
-	tick := time.NewTicker(t.cfg.Routing.HealthInterval)
+	tick := time.NewTicker(cfg.Routing.HealthInterval)
 	defer tick.Stop()
 	for {
 		st := &nodeState{sampled: time.Now()}
-		ctx, cancel := context.WithTimeout(context.Background(), t.cfg.Routing.HealthInterval*4+time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Routing.HealthInterval*4+time.Second)
 		if conn == nil || conn.IsClosed() {
 			c, err := pgx.Connect(ctx, dsn)
 			if err == nil {
@@ -194,6 +233,8 @@ func (t *topology) watch(n *node, user, password string) {
 		select {
 		case <-t.stop:
 			return
+		case <-stop:
+			return
 		case <-tick.C:
 		case <-n.kick:
 		}
@@ -214,9 +255,10 @@ func (t *topology) assess(n *node, st *nodeState) {
 			// last replayed transaction is idleness, not lag.
 			st.lagSeconds = 0
 		}
+		rc := t.conf().Routing
 		st.healthy = st.reachable &&
-			(t.cfg.Routing.MaxReplicaLag == 0 || st.lagBytes <= int64(t.cfg.Routing.MaxReplicaLag)) &&
-			(t.cfg.Routing.MaxReplicaLagTime == 0 || st.lagSeconds <= t.cfg.Routing.MaxReplicaLagTime.Seconds())
+			(rc.MaxReplicaLag == 0 || st.lagBytes <= int64(rc.MaxReplicaLag)) &&
+			(rc.MaxReplicaLagTime == 0 || st.lagSeconds <= rc.MaxReplicaLagTime.Seconds())
 	}
 	n.state.Store(st)
 	if prev.healthy != st.healthy {
@@ -264,7 +306,7 @@ func (t *topology) writer() *node {
 	if !p.reachable || !p.inRecovery {
 		return t.primary
 	}
-	for _, n := range t.nodes[1:] {
+	for _, n := range t.list()[1:] {
 		if st := n.state.Load(); st.reachable && !st.inRecovery {
 			return n
 		}
@@ -278,12 +320,21 @@ func (t *topology) noteWrite(database, user string, at time.Time) {
 	t.writesMu.Lock()
 	t.writes[database+"\x00"+user] = at
 	t.writesMu.Unlock()
+	if t.shared != nil {
+		t.shared.note(database, user, at)
+	}
 }
 
 func (t *topology) lastWrite(database, user string) time.Time {
 	t.writesMu.Lock()
-	defer t.writesMu.Unlock()
-	return t.writes[database+"\x00"+user]
+	at := t.writes[database+"\x00"+user]
+	t.writesMu.Unlock()
+	if t.shared != nil {
+		if r := t.shared.last(database, user); r.After(at) {
+			at = r
+		}
+	}
+	return at
 }
 
 // reader picks the node for a read whose client last committed a write at
@@ -303,7 +354,7 @@ func (t *topology) reader(lastWrite time.Time, load func(*node) int) *node {
 	var best *node
 	bestScore := 0.0
 	w := t.writer()
-	for _, n := range t.nodes {
+	for _, n := range t.list() {
 		if n == w {
 			continue
 		}
@@ -316,7 +367,7 @@ func (t *topology) reader(lastWrite time.Time, load func(*node) int) *node {
 			best, bestScore = n, score
 		}
 	}
-	if best != nil && t.cfg.Routing.PrimaryReads && lastWrite.IsZero() {
+	if best != nil && t.conf().Routing.PrimaryReads && lastWrite.IsZero() {
 		if score := float64(load(w)+1) / float64(w.weight); score < bestScore {
 			return nil
 		}

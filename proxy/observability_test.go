@@ -331,7 +331,7 @@ func TestAdminConsoleShow(t *testing.T) {
 		{"SHOW STATS", "database|total_query_count|total_query_time|total_wait_time|total_server_time|total_rows|total_errors|replica_query_count|cache_query_count|avg_query_time|avg_wait_time", 1},
 		{"SHOW QUERIES", "fingerprint|query|command|calls|rows|total_time|mean_time|p50_time|p95_time|p99_time|primary_calls|replica_calls|cache_calls|cache_hit_ratio|errors", 2},
 		{"SHOW REPLICAS", "node|addr|role|healthy|reachable|in_recovery|lag_bytes|lag_seconds|last_check|sv_active|sv_idle", 2},
-		{"SHOW CACHE", "backend|entries|bytes|hits|misses|bypasses|evictions|invalidations", 0},
+		{"SHOW CACHE", "backend|entries|bytes|hits|misses|bypasses|evictions|invalidations|skipped|stored", 1},
 		{"SHOW CONFIG", "key|value|default", 35},
 		{"SHOW HELP", "command|description", 12},
 	}

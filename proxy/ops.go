@@ -53,6 +53,10 @@ type op struct {
 	qrows         int64
 	qtarget       uint8
 	qfailed       bool
+	// cap captures the op's result for the cache; inval is what the
+	// statement writes (see cache.go).
+	cap   *cacheCapture
+	inval *cacheWrite
 }
 
 // opQueue is a FIFO ring of ops. Guarded by the session mutex.

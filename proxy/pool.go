@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgsluice/pgsluice/config"
@@ -21,11 +22,13 @@ type poolKey struct {
 // served first come, first served: a released connection goes straight to
 // the oldest waiter. Safe for concurrent use.
 type pool struct {
-	key      poolKey
-	password string
-	cfg      *config.Config
-	log      *slog.Logger
-	m        *metrics
+	key poolKey
+	// cfgp and passwordp are the pool's settings and its login towards the
+	// servers, swapped whole by Server.Reload (see reload.go).
+	cfgp      atomic.Pointer[config.Config]
+	passwordp atomic.Pointer[string]
+	log       *slog.Logger
+	m         *metrics
 
 	mu      sync.Mutex
 	idle    []*backend // LIFO: the most recently used is reused first
@@ -58,7 +61,9 @@ type grant struct {
 }
 
 func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger, m *metrics) *pool {
-	p := &pool{key: key, password: password, cfg: cfg, log: log, m: m, stop: make(chan struct{})}
+	p := &pool{key: key, log: log, m: m, stop: make(chan struct{})}
+	p.cfgp.Store(cfg)
+	p.passwordp.Store(&password)
 	go p.janitor()
 	return p
 }
@@ -73,6 +78,12 @@ func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger,
 // (08006), the same race PgBouncer has between its event loop and a
 // client's query.
 const peekAfter = 5 * time.Millisecond
+
+// cfg returns the pool's current settings.
+func (p *pool) cfg() *config.Config { return p.cfgp.Load() }
+
+// password returns the pool's current login password.
+func (p *pool) password() string { return *p.passwordp.Load() }
 
 // acquire lends a backend, waiting at most pool.acquire_timeout. The error
 // names the setting when the wait times out.
@@ -94,7 +105,7 @@ func (p *pool) acquire(ctx context.Context) (*backend, error) {
 		}
 		// A connection idle for long may have died silently (network):
 		// prove it alive with a round trip before use.
-		if p.cfg.Pool.CheckAfter > 0 && idleFor > p.cfg.Pool.CheckAfter {
+		if cc := p.cfg(); cc.Pool.CheckAfter > 0 && idleFor > cc.Pool.CheckAfter {
 			if err := b.check(); err != nil {
 				p.log.Debug("discarding dead server connection", "pool", p.key.addr, "err", err)
 				p.discard(b)
@@ -119,7 +130,7 @@ func (p *pool) acquireOnce(ctx context.Context, start time.Time) (*backend, erro
 		p.mu.Unlock()
 		return b, nil
 	}
-	if p.total < p.cfg.Pool.Size {
+	if p.total < p.cfg().Pool.Size {
 		p.total++
 		p.active++
 		p.mu.Unlock()
@@ -129,7 +140,7 @@ func (p *pool) acquireOnce(ctx context.Context, start time.Time) (*backend, erro
 	p.waiters = append(p.waiters, w)
 	p.mu.Unlock()
 
-	remaining := p.cfg.Pool.AcquireTimeout - time.Since(start)
+	remaining := p.cfg().Pool.AcquireTimeout - time.Since(start)
 	timer := time.NewTimer(remaining)
 	defer timer.Stop()
 	select {
@@ -149,7 +160,7 @@ func (p *pool) acquireOnce(ctx context.Context, start time.Time) (*backend, erro
 			p.m.acquireTimeouts.Inc()
 			return nil, pgerr.Wrap(pgerr.ErrAcquireTimeout, pgerr.TooManyConnections,
 				"pgsluice: no server connection became free within pool.acquire_timeout (%s); pool.size is %d for database %q user %q",
-				p.cfg.Pool.AcquireTimeout, p.cfg.Pool.Size, p.key.database, p.key.user)
+				p.cfg().Pool.AcquireTimeout, p.cfg().Pool.Size, p.key.database, p.key.user)
 		}
 	}
 	p.mu.Unlock()
@@ -188,10 +199,12 @@ func (p *pool) open(ctx context.Context) (*backend, error) {
 // closed instead and their slot handed on.
 func (p *pool) release(b *backend) {
 	b.lastUsed = time.Now()
-	tooOld := p.cfg.Pool.MaxLifetime > 0 && time.Since(b.created) > p.cfg.Pool.MaxLifetime
+	cfg := p.cfg()
+	tooOld := cfg.Pool.MaxLifetime > 0 && time.Since(b.created) > cfg.Pool.MaxLifetime
 	p.mu.Lock()
 	p.active--
-	if b.broken || tooOld || p.closed {
+	// p.total > pool.size: the pool was shrunk by a reload.
+	if b.broken || tooOld || p.closed || p.total > cfg.Pool.Size {
 		p.total--
 		p.handOffSlotLocked()
 		p.mu.Unlock()
@@ -216,9 +229,10 @@ func (p *pool) discard(b *backend) {
 	p.release(b)
 }
 
-// handOffSlotLocked gives a freed slot to the oldest waiter, who will dial.
+// handOffSlotLocked gives a freed slot to the oldest waiter, who will dial,
+// unless the pool is at pool.size (a reload shrank it).
 func (p *pool) handOffSlotLocked() {
-	if len(p.waiters) == 0 || p.closed {
+	if len(p.waiters) == 0 || p.closed || p.total >= p.cfg().Pool.Size {
 		return
 	}
 	w := p.waiters[0]
@@ -240,12 +254,13 @@ func (p *pool) janitor() {
 		case <-tick.C:
 		}
 		now := time.Now()
+		cfg := p.cfg()
 		var doomed []*backend
 		p.mu.Lock()
 		keep := p.idle[:0]
 		for i, b := range p.idle {
-			idleTooLong := p.cfg.Pool.IdleTimeout > 0 && now.Sub(b.lastUsed) > p.cfg.Pool.IdleTimeout && len(p.idle)-i > p.cfg.Pool.MinIdle
-			tooOld := p.cfg.Pool.MaxLifetime > 0 && now.Sub(b.created) > p.cfg.Pool.MaxLifetime
+			idleTooLong := cfg.Pool.IdleTimeout > 0 && now.Sub(b.lastUsed) > cfg.Pool.IdleTimeout && len(p.idle)-i > cfg.Pool.MinIdle
+			tooOld := cfg.Pool.MaxLifetime > 0 && now.Sub(b.created) > cfg.Pool.MaxLifetime
 			if idleTooLong || tooOld {
 				doomed = append(doomed, b)
 				p.total--
@@ -255,8 +270,8 @@ func (p *pool) janitor() {
 		}
 		p.idle = keep
 		need := 0
-		if p.cfg.Pool.MinIdle > len(p.idle) && !p.closed {
-			need = min(p.cfg.Pool.MinIdle-len(p.idle), p.cfg.Pool.Size-p.total)
+		if cfg.Pool.MinIdle > len(p.idle) && !p.closed {
+			need = max(0, min(cfg.Pool.MinIdle-len(p.idle), cfg.Pool.Size-p.total))
 			p.total += need
 		}
 		p.mu.Unlock()

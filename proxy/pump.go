@@ -169,6 +169,9 @@ func (s *session) serverMessageLocked(b *backend) error {
 		return err
 	}
 	head := s.ops.front()
+	if head != nil && head.cap != nil {
+		s.cacheCaptureLocked(b, head, typ, n)
+	}
 	drop := head != nil && head.kind.dropped()
 	if s.retry.armed && typ != 'E' {
 		if done, err := s.retryScreenLocked(b, typ, n, head, drop); done || err != nil {
@@ -236,6 +239,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if !drop {
 			wire.WriteMessage(s.w, 'C', body)
 		}
+		s.cacheCompleteLocked(head)
 		if head != nil && head.kind == opExecute {
 			s.txn.add(head.sets)
 			s.queryDoneLocked(head)
@@ -312,6 +316,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 			s.txn.add(x.sets)
 		}
 		s.queryDoneLocked(&x)
+		s.cacheTxEndLocked(status)
 		if x.kind != opSettings {
 			wire.WriteMessage(s.w, 'Z', body)
 			s.txStatus = status

@@ -75,7 +75,7 @@ var errRetried = errors.New("pgsluice: cycle retried on another server")
 // recording within it, and stops otherwise.
 func (s *session) noteRetryLocked(d *routing.Decision) {
 	r := &s.retry
-	if !r.rec && len(s.srv.topo.nodes) == 1 {
+	if !r.rec && len(s.srv.topo.list()) == 1 {
 		return
 	}
 	if r.rec && r.b == s.b && r.cycle == s.cycle {

@@ -27,7 +27,8 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 		}
 		return s.poolOn(w), w
 	}
-	if d == nil || !s.cfg.Routing.Enabled || len(topo.nodes) == 1 || d.Target != routing.TargetReplica ||
+	rc := s.srv.cfgNow().Routing // routing settings reload live
+	if d == nil || !rc.Enabled || len(topo.list()) == 1 || d.Target != routing.TargetReplica || s.cache.fillPrimary ||
 		s.routeOverride == "primary" || d.Hints.Route == "primary" {
 		return writer()
 	}
@@ -43,8 +44,8 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 		return active
 	}
 	n := topo.reader(last, load)
-	if n == nil && !last.IsZero() && s.cfg.Routing.RYWWait > 0 {
-		n = topo.waitReader(last, s.cfg.Routing.RYWWait, load)
+	if n == nil && !last.IsZero() && rc.RYWWait > 0 {
+		n = topo.waitReader(last, rc.RYWWait, load)
 	}
 	if n == nil {
 		return writer()
@@ -57,7 +58,7 @@ func (s *session) choose(d *routing.Decision) (*pool, *node) {
 // reads committed (zero: none, or read_your_writes off). mu held.
 func (s *session) rywSinceLocked() time.Time {
 	last := s.lastWrite
-	switch s.cfg.Routing.ReadYourWrites {
+	switch s.srv.cfgNow().Routing.ReadYourWrites {
 	case "off":
 		last = time.Time{}
 	case "user":
@@ -82,7 +83,10 @@ func (s *session) poolOn(n *node) *pool {
 	if n.addr == s.pool.key.addr {
 		return s.pool
 	}
-	password, _ := s.cfg.UserPassword(s.user)
+	password, ok := s.srv.cfgNow().UserPassword(s.user)
+	if !ok { // the user was removed by a reload: its sessions carry on
+		password = s.pool.password()
+	}
 	return s.srv.poolFor(s.database, s.user, password, n.addr)
 }
 
@@ -97,7 +101,7 @@ func (s *session) noteReadyLocked(status byte) {
 		s.wrote = false
 		now := time.Now()
 		s.lastWrite = now
-		if s.cfg.Routing.ReadYourWrites == "user" {
+		if s.srv.cfgNow().Routing.ReadYourWrites == "user" {
 			s.srv.topo.noteWrite(s.database, s.user, now)
 		}
 	}
@@ -148,7 +152,7 @@ func (t *topology) waitReader(lastWrite time.Time, wait time.Duration, load func
 	deadline := time.Now().Add(wait)
 	for {
 		healthy := false
-		for _, n := range t.nodes {
+		for _, n := range t.list() {
 			if n.state.Load().healthy && n != t.writer() {
 				healthy = true
 			}

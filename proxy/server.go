@@ -41,8 +41,17 @@ type Server struct {
 	classifier *routing.Classifier
 	topo       *topology
 	topoOnce   sync.Once
+	cache      *serverCache // nil when cache.backend is off
 	tlsConfig  *tls.Config
 	requireTLS bool
+
+	// The result cache's Registerer and logical-replication streams
+	// (cacheinval.go): databases whose stream runs (mu).
+	reg         prometheus.Registerer
+	logrepl     map[string]bool
+	logreplCtx  context.Context
+	logreplStop context.CancelFunc
+	logreplWG   sync.WaitGroup
 
 	mu       sync.Mutex
 	pools    map[poolKey]*pool
@@ -50,18 +59,23 @@ type Server struct {
 	lns      []net.Listener
 	admin    *http.Server
 
-	// Admin console (admin.go): RELOAD hook, PAUSE/RESUME gate, and the
-	// result cache's counters for SHOW CACHE (nil: no cache, no rows).
+	// Admin console (admin.go): RELOAD hook and PAUSE/RESUME gate.
 	reload     func() error
 	gate       pauseGate
 	pausedFlag atomic.Bool
-	cacheStats func() (CacheStats, bool)
 
 	clients  atomic.Int64
 	draining atomic.Bool
 	cancels  sync.Map // cancelKey -> *session
 	wg       sync.WaitGroup
 	done     chan struct{}
+
+	reloadMu sync.Mutex // serialises Reload (reload.go)
+
+	// handover state (handover.go)
+	handingOver  atomic.Bool
+	handoverLeft atomic.Int32  // listeners not yet closed
+	handoverLns  chan struct{} // closed when they all are
 }
 
 // New builds a Server from a validated config. It opens nothing; call
@@ -113,6 +127,10 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.topo.classifier = s.classifier
+	s.reg = reg
+	if s.cache, err = newServerCache(cfg.Cache, reg, log); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -143,6 +161,12 @@ func (s *Server) Serve(ln net.Listener) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
+			if s.handingOver.Load() {
+				if s.handoverAcceptFailed(ln, err) {
+					return nil
+				}
+				continue
+			}
 			if s.draining.Load() {
 				return nil
 			}
@@ -161,6 +185,9 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		tempDelay = 0
+		if s.handingOver.Load() {
+			s.handoverAccepted(ln)
+		}
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetNoDelay(true)
 			tc.SetKeepAlive(true)
@@ -214,15 +241,18 @@ func (s *Server) poolFor(database, user, password, addr string) *pool {
 	if p == nil {
 		p = newPool(k, password, s.cfgNow(), s.log, s.m)
 		s.pools[k] = p
+		s.startLogreplLocked(database)
 	}
 	return p
 }
 
 // classify classifies SQL text through the shared shape cache.
 func (s *Server) classify(sql string) routing.Decision {
-	if !s.cfgNow().Routing.Enabled && !routing.MayAffectSession(sql) {
-		// Not routing: only pins, SETs and resets matter, and this text
-		// has none (a substring test ~7x cheaper than a cache hit).
+	if !s.cfgNow().Routing.Enabled && s.cache == nil && !routing.MayAffectSession(sql) {
+		// Not routing and not caching (the cache needs the tables a
+		// statement reads and writes): only pins, SETs and resets
+		// matter, and this text has none (a substring test ~7x cheaper
+		// than a cache hit).
 		return routing.SessionNeutralDecision()
 	}
 	return s.classifier.Classify(sql)
@@ -295,6 +325,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	mux.HandleFunc("/queries", s.serveQueries)
+	mux.HandleFunc("/cache/flush", s.serveCacheFlush)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()
 	s.admin = srv
@@ -391,5 +422,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.topoOnce.Do(func() {})
 	s.topo.close()
+	s.stopLogrepl()
+	s.cache.close()
 	return err
 }

@@ -115,6 +115,7 @@ type session struct {
 	// catalogDDL: the current transaction ran DDL that may change
 	// functions; reload their volatility when it ends (mu).
 	catalogDDL bool
+	cache      cacheState
 
 	// Query statistics (querystats.go): qstart is when the pending
 	// statement's first message arrived, lastQS the last entry used
@@ -223,6 +224,11 @@ func (s *session) handle(typ byte, body []byte) error {
 			s.localSkip = false
 		default:
 			return nil
+		}
+	}
+	if s.srv.cache != nil {
+		if done, err := s.cacheExtended(typ, body); done || err != nil {
+			return err
 		}
 	}
 	switch typ {
@@ -586,6 +592,7 @@ func (s *session) cleanup() {
 	if s.key != (cancelKey{}) {
 		s.srv.cancels.Delete(s.key)
 	}
+	s.cacheSessionEnded()
 	s.flushStats()
 	s.srv.sessionEnded(s)
 }

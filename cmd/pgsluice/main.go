@@ -8,11 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -35,6 +35,7 @@ func run(args []string) int {
 	fs.StringVar(&cfgPath, "c", "", "shorthand for --config")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets masked) and exit")
+	watchConfig := fs.Duration("watch-config", time.Second, "how often to check the config file for changes and reload it (0: only on SIGHUP)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -51,21 +52,31 @@ func run(args []string) int {
 		fmt.Print(cfg.YAML())
 		return 0
 	}
-	log := newLogger(cfg.Log)
+	level := new(slog.LevelVar)
+	level.Set(logLevel(cfg.Log.Level))
+	log := newLogger(cfg.Log, level)
+	// SIGHUP (reload) and SIGUSR2 (handover) are caught from here on: by
+	// default they would end the process.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP, syscall.SIGUSR2)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Gatherer: reg, Logger: log})
+	rl := &reloader{path: cfgPath, log: log, level: level, current: cfg}
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Gatherer: reg, Logger: log, Reload: func() error { return rl.reload("admin RELOAD") }})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgsluice:", err)
 		return 2
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	rl.srv = srv
+	// SO_REUSEPORT listeners: a new pgsluice can start on the same
+	// addresses and take over (SIGUSR2 here; see proxy/handover.go).
+	ln, err := proxy.Listen(cfg.Listen)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgsluice:", err)
 		return 1
 	}
 	if cfg.Admin.Listen != "" {
-		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		aln, err := proxy.Listen(cfg.Admin.Listen)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "pgsluice: admin:", err)
 			return 1
@@ -83,38 +94,76 @@ func run(args []string) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	select {
-	case sig := <-sigs:
-		log.Info("shutting down: waiting for running transactions", "signal", sig.String(), "timeout", cfg.ShutdownTimeout)
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		defer cancel()
-		go func() {
-			<-sigs // a second signal: stop now
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	if *watchConfig > 0 {
+		go rl.watch(watchCtx, *watchConfig)
+	}
+	for {
+		select {
+		case sig := <-hups:
+			if sig == syscall.SIGHUP {
+				rl.reload("SIGHUP")
+				continue
+			}
+			// SIGUSR2: hand the addresses over to a newer process.
+			stopWatch()
+			timeout := rl.shutdownTimeout()
+			log.Info("handing over: serving connected clients until they leave", "timeout", timeout)
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			go func() {
+				<-sigs // SIGTERM/SIGINT during a handover: stop now
+				cancel()
+			}()
+			err := srv.Handover(ctx)
 			cancel()
-		}()
-		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			log.Warn("shutdown timeout: closed remaining clients", "err", err)
+			if err != nil {
+				log.Warn("handover: closed remaining clients", "err", err)
+			}
+			log.Info("handover done; exiting")
+			return 0
+		case sig := <-sigs:
+			return shutdown(srv, log, sigs, sig, rl.shutdownTimeout())
+		case err := <-serveErr:
+			if err != nil {
+				log.Error("listener failed", "err", err)
+				return 1
+			}
+			return 0
 		}
-		return 0
-	case err := <-serveErr:
-		if err != nil {
-			log.Error("listener failed", "err", err)
-			return 1
-		}
-		return 0
 	}
 }
 
-func newLogger(c config.LogConfig) *slog.Logger {
-	var level slog.Level
-	switch strings.ToLower(c.Level) {
-	case "debug":
-		level = slog.LevelDebug
-	case "warn":
-		level = slog.LevelWarn
-	case "error":
-		level = slog.LevelError
+// shutdown drains on SIGTERM/SIGINT: idle clients are closed, running
+// transactions may finish within timeout; a second signal stops at once.
+func shutdown(srv *proxy.Server, log *slog.Logger, sigs chan os.Signal, sig os.Signal, timeout time.Duration) int {
+	log.Info("shutting down: waiting for running transactions", "signal", sig.String(), "timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	go func() {
+		<-sigs // a second signal: stop now
+		cancel()
+	}()
+	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("shutdown timeout: closed remaining clients", "err", err)
 	}
+	return 0
+}
+
+func logLevel(s string) slog.Level {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// newLogger builds the logger; level can change later (log.level reloads).
+func newLogger(c config.LogConfig, level *slog.LevelVar) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))

@@ -175,7 +175,14 @@ var (
 	keyCacheLen atomic.Int64
 )
 
-func keyCacheKey(user, password string, doomed bool) [32]byte {
+// keyCacheID keys keyCache. The user name is kept in clear so that
+// ForgetUser can find a user's entries.
+type keyCacheID struct {
+	user string
+	sum  [32]byte
+}
+
+func keyCacheKey(user, password string, doomed bool) keyCacheID {
 	if doomed {
 		password = ""
 	}
@@ -183,7 +190,7 @@ func keyCacheKey(user, password string, doomed bool) [32]byte {
 	if doomed {
 		d = 1
 	}
-	return sha256.Sum256(append(append(append([]byte(user), 0, d), password...), 0))
+	return keyCacheID{user: user, sum: sha256.Sum256(append(append(append([]byte(user), 0, d), password...), 0))}
 }
 
 // ServerFirst parses the client-first-message (the data of the client's

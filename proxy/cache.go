@@ -1,0 +1,954 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pgsluice/pgsluice/cachelayer"
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/proxy/wire"
+	"github.com/pgsluice/pgsluice/routing"
+)
+
+// The result cache in the proxy. cachelayer stores opaque frames; this file
+// decides what is cached, builds keys, captures PostgreSQL's reply while the
+// pump forwards it, answers hits without a server and invalidates on
+// writes. The rules it keeps:
+//
+//   - Only statements routing calls Cacheable, that a rule or a cache hint
+//     asks for, and that no nocache hint excludes.
+//   - Looked up and filled only outside any transaction, with nothing of the
+//     client in flight and the session not pinned (SET ROLE, temp tables…):
+//     a hit answers with the frames and a ReadyForQuery 'I', exactly what the
+//     server would have sent.
+//   - Fills run on the node that takes writes, so that a result stored after
+//     a write was acknowledged contains that write (a lagging replica could
+//     otherwise be cached as current).
+//   - The generations are snapshotted before the statement is sent; the
+//     result is stored at its CommandComplete if every frame of it was
+//     captured, nothing but RowDescription/NoData/DataRow/CommandComplete
+//     came, and it fits cache.max_entry_bytes.
+//   - A write invalidates the tables it wrote when the statement completes
+//     and again when its transaction ends (ReadyForQuery 'I'), before the
+//     client sees that ReadyForQuery; opaque writes (CALL, DO, volatile
+//     functions, DDL without a table, SQL EXECUTE) flush the database unless
+//     cache.on_opaque_write is ignore.
+//
+// Table names are reduced to their last component ("public.products" and
+// "products" are the same table for the cache): a write to a table of the
+// same name in another schema invalidates too, never too little.
+
+// serverCache is the Server's cache wiring; nil when cache.backend is off.
+type serverCache struct {
+	c       cachelayer.Cache
+	backend string
+	// rules is what may be cached and how: swapped whole by a reload.
+	rules atomic.Pointer[cacheRules]
+
+	lookups  *prometheus.CounterVec // result: hit | miss
+	skipped  *prometheus.CounterVec // reason
+	stores   *prometheus.CounterVec // result
+	invals   *prometheus.CounterVec // kind: tables | flush
+	nHits    atomic.Uint64
+	nMisses  atomic.Uint64
+	nSkipped atomic.Uint64
+	nStored  atomic.Uint64
+
+	// flights are the fills in progress, by key: a concurrent miss of
+	// the same key waits for the fill (at most flightWait) and looks
+	// again instead of running the statement too.
+	flightMu sync.Mutex
+	flights  map[cachelayer.Key]*flight
+}
+
+// flight is one fill in progress; done is closed when its result is
+// stored or known not to be.
+type flight struct {
+	done    chan struct{}
+	started time.Time
+}
+
+// flightWait bounds how long a miss waits for another client's fill of the
+// same key. A leader whose fill never completes (its client left) is
+// replaced after it.
+const flightWait = time.Second
+
+// join returns the flight of key and whether the caller leads it.
+func (sc *serverCache) join(key cachelayer.Key) (*flight, bool) {
+	sc.flightMu.Lock()
+	defer sc.flightMu.Unlock()
+	if f := sc.flights[key]; f != nil && time.Since(f.started) < flightWait {
+		return f, false
+	}
+	f := &flight{done: make(chan struct{}), started: time.Now()}
+	sc.flights[key] = f
+	return f, true
+}
+
+// leave ends a flight.
+func (sc *serverCache) leave(key cachelayer.Key, f *flight) {
+	sc.flightMu.Lock()
+	if sc.flights[key] == f {
+		delete(sc.flights, key)
+	}
+	sc.flightMu.Unlock()
+	close(f.done)
+}
+
+// cacheRules is the live-reloadable part of the cache configuration: an
+// immutable snapshot, replaced whole by Server.Reload.
+type cacheRules struct {
+	maxEntry      int
+	byFP          map[uint64]time.Duration
+	byTables      []tableRule
+	onOpaqueWrite string
+}
+
+// newCacheRules compiles the rules of cfg.
+func newCacheRules(cfg config.CacheConfig) (*cacheRules, error) {
+	cr := &cacheRules{maxEntry: int(cfg.MaxEntryBytes), byFP: map[uint64]time.Duration{}, onOpaqueWrite: cfg.OnOpaqueWrite}
+	for _, r := range cfg.Rules {
+		if r.Fingerprint != "" {
+			var fp uint64
+			if _, err := fmt.Sscanf(r.Fingerprint, "%x", &fp); err != nil {
+				return nil, fmt.Errorf("cache.rules: fingerprint %q: %w", r.Fingerprint, err)
+			}
+			cr.byFP[fp] = r.TTL
+			continue
+		}
+		tr := tableRule{tables: map[string]bool{}, ttl: r.TTL}
+		for _, t := range r.Tables {
+			tr.tables[cacheTable(strings.ToLower(strings.TrimSpace(t)))] = true
+		}
+		cr.byTables = append(cr.byTables, tr)
+	}
+	return cr, nil
+}
+
+type tableRule struct {
+	tables map[string]bool
+	ttl    time.Duration
+}
+
+// cacheOpTimeout bounds one cache call made on behalf of a client. The
+// Redis tier has its own, shorter timeout.
+const cacheOpTimeout = 2 * time.Second
+
+func newServerCache(cfg config.CacheConfig, reg prometheus.Registerer, log *slog.Logger) (*serverCache, error) {
+	if cfg.Backend == config.CacheOff || cfg.Backend == "" {
+		return nil, nil
+	}
+	sc := &serverCache{backend: cfg.Backend, flights: map[cachelayer.Key]*flight{}}
+	rules, err := newCacheRules(cfg)
+	if err != nil {
+		return nil, err
+	}
+	sc.rules.Store(rules)
+	mem := func() *cachelayer.Memory {
+		return cachelayer.NewMemory(cachelayer.MemoryOptions{MaxBytes: int64(cfg.MaxBytes), MaxEntryBytes: int64(cfg.MaxEntryBytes)}, reg)
+	}
+	red := func() (*cachelayer.Redis, error) {
+		o := cachelayer.RedisOptions{
+			Password:      string(cfg.Redis.Password),
+			Timeout:       cfg.Redis.Timeout,
+			KeyPrefix:     cfg.Redis.KeyPrefix,
+			MaxEntryBytes: int(cfg.MaxEntryBytes),
+		}
+		switch {
+		case cfg.Redis.MasterName != "":
+			o.MasterName, o.SentinelAddrs = cfg.Redis.MasterName, cfg.Redis.Addrs
+		case len(cfg.Redis.Addrs) > 0:
+			o.Addrs = cfg.Redis.Addrs
+		default:
+			o.Addr = cfg.Redis.Addr
+		}
+		return cachelayer.NewRedis(o, reg)
+	}
+	switch cfg.Backend {
+	case config.CacheMemory:
+		sc.c = mem()
+	case config.CacheRedis:
+		r, err := red()
+		if err != nil {
+			return nil, err
+		}
+		sc.c = r
+	case config.CacheTiered:
+		r, err := red()
+		if err != nil {
+			return nil, err
+		}
+		sc.c = cachelayer.NewTiered(mem(), r)
+	default:
+		return nil, fmt.Errorf("cache.backend: unknown backend %q", cfg.Backend)
+	}
+	cv := func(name, help string, labels ...string) *prometheus.CounterVec {
+		v := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pgsluice", Subsystem: "cache", Name: name, Help: help}, labels)
+		if reg != nil {
+			if err := reg.Register(v); err != nil {
+				log.Warn("cache metric not registered", "name", name, "err", err)
+			}
+		}
+		return v
+	}
+	sc.lookups = cv("lookups_total", "Cacheable statements looked up in the cache, by result (hit: answered without a server).", "result")
+	sc.skipped = cv("skipped_total", "Statements a cache rule or hint asked for that were not looked up, by reason.", "reason")
+	sc.stores = cv("stores_total", "Results captured for the cache, by outcome.", "result")
+	sc.invals = cv("write_invalidations_total", "Invalidations caused by writes through the proxy, by kind (tables, flush).", "kind")
+	return sc, nil
+}
+
+func (sc *serverCache) close() {
+	if sc != nil {
+		sc.c.Close()
+	}
+}
+
+// cacheTable is the name under which the cache tracks a table: its last
+// dotted component.
+func cacheTable(t string) string {
+	if i := strings.LastIndexByte(t, '.'); i >= 0 {
+		return t[i+1:]
+	}
+	return t
+}
+
+// fpTable is the pseudo-table every entry of one query shape also reads, so
+// that POST /cache/flush?fingerprint= can invalidate that shape. A NUL never
+// occurs in a PostgreSQL identifier.
+func fpTable(fp uint64) string { return fmt.Sprintf("\x00fp:%016x", fp) }
+
+// ttlFor returns how long d's result may be cached; 0 when no rule or hint
+// asks for it.
+func (sc *serverCache) ttlFor(d *routing.Decision) time.Duration {
+	if d.Hints.NoCache {
+		return 0
+	}
+	if d.Hints.CacheTTL > 0 {
+		return d.Hints.CacheTTL
+	}
+	rules := sc.rules.Load()
+	if ttl, ok := rules.byFP[d.Fingerprint]; ok && d.Fingerprint != 0 {
+		return ttl
+	}
+	if len(d.ReadTables) == 0 {
+		return 0
+	}
+next:
+	for _, r := range rules.byTables {
+		for _, t := range d.ReadTables {
+			if !r.tables[cacheTable(t)] {
+				continue next
+			}
+		}
+		return r.ttl
+	}
+	return 0
+}
+
+// tablesOf returns the generation slots an entry of d depends on.
+func tablesOf(d *routing.Decision) []string {
+	out := make([]string, 0, len(d.ReadTables)+1)
+	for _, t := range d.ReadTables {
+		out = append(out, cacheTable(t))
+	}
+	return append(out, fpTable(d.Fingerprint))
+}
+
+// cacheWrite is what one statement (or a transaction so far) wrote.
+type cacheWrite struct {
+	tables []string
+	flush  bool
+}
+
+func (w *cacheWrite) empty() bool { return w == nil || len(w.tables) == 0 && !w.flush }
+
+func (w *cacheWrite) add(o *cacheWrite) {
+	if o == nil {
+		return
+	}
+	w.flush = w.flush || o.flush
+	for _, t := range o.tables {
+		dup := false
+		for _, x := range w.tables {
+			if x == t {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			w.tables = append(w.tables, t)
+		}
+	}
+}
+
+// writeOf returns what d may write, or nil for statements that change no
+// table data (reads, transaction control, SET, VACUUM…).
+func (sc *serverCache) writeOf(d *routing.Decision) *cacheWrite {
+	if d.Target != routing.TargetPrimary {
+		return nil
+	}
+	w := &cacheWrite{}
+	for _, t := range d.WriteTables {
+		w.tables = append(w.tables, cacheTable(t))
+	}
+	opaque := false
+	switch d.Reason {
+	case routing.ReasonTransaction, routing.ReasonSet, routing.ReasonShow, routing.ReasonEmpty, routing.ReasonExplain,
+		routing.ReasonLock, routing.ReasonSession, routing.ReasonNotify, routing.ReasonCursor, routing.ReasonHint,
+		routing.ReasonRead, routing.ReasonHintRejected:
+	case routing.ReasonMaintenance:
+		// VACUUM, ANALYZE, CLUSTER, REINDEX, CHECKPOINT change no rows;
+		// REFRESH MATERIALIZED VIEW names its view.
+	case routing.ReasonProcedure, routing.ReasonVolatile, routing.ReasonUnparseable, routing.ReasonPrepared, routing.ReasonUtility:
+		opaque = true
+	default: // write, ddl, multi_statement
+		// GRANT/REVOKE, CREATE FUNCTION…: no table named, results may change.
+		opaque = len(w.tables) == 0
+	}
+	if opaque && sc.rules.Load().onOpaqueWrite == "flush" {
+		w.flush = true
+	}
+	if w.empty() {
+		return nil
+	}
+	return w
+}
+
+// cacheCapture collects the frames of one result while the pump forwards
+// them. Owned by the pump (under the session mutex) once its op is queued.
+type cacheCapture struct {
+	key    cachelayer.Key
+	gens   cachelayer.Gens
+	ttl    time.Duration
+	buf    []byte
+	bad    bool
+	done   bool
+	sc     *serverCache
+	flight *flight // nil when this fill does not lead a flight
+}
+
+// finish ends the capture's flight, once: waiters look the key up again.
+func (c *cacheCapture) finish() {
+	if c != nil && c.flight != nil {
+		c.sc.leave(c.key, c.flight)
+		c.flight = nil
+	}
+}
+
+// cacheState is a session's cache bookkeeping.
+type cacheState struct {
+	// fillPrimary makes attach choose the writer for a cache fill.
+	fillPrimary bool
+	// capture is handed to the next Describe/Execute/Query op queued.
+	capture *cacheCapture
+	// held are extended-protocol messages (unnamed Parse, Bind, Describe
+	// of the unnamed portal) kept back until the Execute that tells
+	// whether the cache can answer them. Bodies are copies.
+	held []heldMsg
+	// tx accumulates what the current transaction wrote (mu).
+	tx cacheWrite
+	// memo is the decision of the last Parse text classified here, so
+	// that handleParse does not classify it again.
+	memoQuery string
+	memo      routing.Decision
+}
+
+type heldMsg struct {
+	typ  byte
+	body []byte
+	d    *routing.Decision // of a held Parse
+}
+
+// cacheReadyLocked reports whether the session is between transactions with
+// nothing in flight: the only state in which the cache answers or fills.
+// mu held.
+func (s *session) cacheReadyLocked() (reason string) {
+	switch {
+	case s.pinned != routing.PinNone:
+		return "pinned"
+	case s.txStatus != 'I' || s.wrote:
+		return "transaction"
+	case s.ops.len() != 0 || s.inflight != 0 || s.dirty != nil || s.skipping || s.localSkip || s.fatal != nil:
+		return "pipelined"
+	}
+	return ""
+}
+
+// cacheKey hashes everything that selects a result.
+func (s *session) cacheKey(sig string, kind byte, parts ...[]byte) cachelayer.Key {
+	h := sha256.New()
+	var n [4]byte
+	put := func(b []byte) {
+		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	put([]byte(s.database))
+	put([]byte(s.user))
+	put([]byte(sig))
+	put([]byte{kind})
+	for _, p := range parts {
+		put(p)
+	}
+	var k cachelayer.Key
+	h.Sum(k[:0])
+	return k
+}
+
+// cacheLookup decides about a statement with decision d that a rule or hint
+// asked to cache. It returns the frames of a hit, or a capture to attach to
+// the statement's op (nil: bypass). parts make the key.
+func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte, parts ...[]byte) (frames []byte, capture *cacheCapture) {
+	sc := s.srv.cache
+	if !d.Cacheable {
+		sc.skip("not_cacheable")
+		return nil, nil
+	}
+	s.mu.Lock()
+	reason := s.cacheReadyLocked()
+	sig := s.settings.sig
+	s.mu.Unlock()
+	if reason != "" {
+		sc.skip(reason)
+		return nil, nil
+	}
+	key := s.cacheKey(sig, kind, parts...)
+	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
+	defer cancel()
+	if f, ok := sc.c.Get(ctx, s.database, key); ok {
+		sc.lookups.WithLabelValues("hit").Inc()
+		sc.nHits.Add(1)
+		return f, nil
+	}
+	f, leader := sc.join(key)
+	if !leader {
+		timer := time.NewTimer(flightWait)
+		select {
+		case <-f.done:
+		case <-timer.C:
+		}
+		timer.Stop()
+		if fr, ok := sc.c.Get(ctx, s.database, key); ok {
+			sc.lookups.WithLabelValues("shared").Inc()
+			sc.nHits.Add(1)
+			return fr, nil
+		}
+		f = nil // fill without a flight
+	}
+	sc.lookups.WithLabelValues("miss").Inc()
+	sc.nMisses.Add(1)
+	capture = &cacheCapture{key: key, ttl: ttl, sc: sc, flight: f}
+	gens, ok := sc.c.Generations(ctx, s.database, tablesOf(d))
+	if !ok {
+		sc.stores.WithLabelValues("no_snapshot").Inc()
+		capture.finish()
+		return nil, nil
+	}
+	capture.gens = gens
+	return nil, capture
+}
+
+func (sc *serverCache) skip(reason string) {
+	sc.skipped.WithLabelValues(reason).Inc()
+	sc.nSkipped.Add(1)
+}
+
+// cacheQuery handles a simple Query a rule or hint asked to cache. done
+// means it was answered from the cache. Otherwise a capture may have been
+// prepared for the op the caller queues next.
+func (s *session) cacheQuery(d *routing.Decision, body []byte) (done bool, err error) {
+	sc := s.srv.cache
+	ttl := sc.ttlFor(d)
+	if ttl <= 0 {
+		return false, nil
+	}
+	frames, capture := s.cacheLookup(d, ttl, 'Q', body)
+	if frames != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.pushLocked(op{kind: opSynth, msg: frames})
+		s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, 'I'}})
+		s.cycle++
+		return true, s.flushClientLocked()
+	}
+	if capture != nil {
+		s.cache.capture = capture
+		s.cache.fillPrimary = true
+	}
+	return false, nil
+}
+
+// cacheDropCapture forgets a capture that no op took (the statement was
+// not sent).
+func (s *session) cacheDropCapture() {
+	if s.cache.capture != nil {
+		s.mu.Lock() // the pump may hold it too (a Describe took it)
+		s.cache.capture.finish()
+		s.mu.Unlock()
+		s.cache.capture = nil
+	}
+	s.cache.fillPrimary = false
+}
+
+// cacheNoteOpLocked attaches the pending capture and the statement's writes
+// to an op about to be queued (mu held).
+func (s *session) cacheNoteOpLocked(o *op, d *routing.Decision) {
+	sc := s.srv.cache
+	if sc == nil {
+		return
+	}
+	if s.cache.capture != nil {
+		o.cap = s.cache.capture
+		if o.kind != opDescribe {
+			s.cache.capture = nil
+			s.cache.fillPrimary = false
+		}
+	}
+	if d == nil {
+		return
+	}
+	if w := sc.writeOf(d); w != nil {
+		o.inval = w
+		s.cache.tx.add(w)
+	}
+}
+
+// cacheCaptureLocked records one server message of a captured result and
+// stores the result at its CommandComplete. The message itself is still
+// forwarded by the caller. mu held.
+func (s *session) cacheCaptureLocked(b *backend, head *op, typ byte, n int) {
+	c := head.cap
+	if c.done {
+		return
+	}
+	switch typ {
+	case 'T', 'n', 'D', 'C':
+	default:
+		// An error, a notice, a suspended portal, an asynchronous
+		// message: not a plain result.
+		c.bad, c.done, c.buf = true, true, nil
+		c.finish()
+		if typ != 'E' {
+			s.srv.cache.stores.WithLabelValues("not_plain").Inc()
+		}
+		return
+	}
+	if !c.bad {
+		if len(c.buf)+5+n > s.srv.cache.rules.Load().maxEntry {
+			c.bad, c.buf = true, nil
+			s.srv.cache.stores.WithLabelValues("too_large").Inc()
+		} else if frame, err := b.r.Peek(5 + n); err != nil {
+			c.bad, c.buf = true, nil // larger than the read buffer
+			s.srv.cache.stores.WithLabelValues("too_large").Inc()
+		} else {
+			c.buf = append(c.buf, frame...)
+		}
+	}
+	if typ != 'C' || (head.kind != opExecute && head.kind != opQuery) {
+		return
+	}
+	c.done = true
+	defer c.finish()
+	if c.bad {
+		return
+	}
+	if s.node != s.srv.topo.writer() {
+		// Filled on a replica (session mode, or attached before): it
+		// may lag behind acknowledged writes.
+		s.srv.cache.stores.WithLabelValues("replica").Inc()
+		return
+	}
+	frames := c.buf
+	c.buf = nil
+	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
+	defer cancel()
+	if s.srv.cache.c.Set(ctx, c.key, frames, c.gens, c.ttl) {
+		s.srv.cache.stores.WithLabelValues("stored").Inc()
+		s.srv.cache.nStored.Add(1)
+	} else {
+		s.srv.cache.stores.WithLabelValues("refused").Inc()
+	}
+}
+
+// cacheCompleteLocked runs at a CommandComplete: a statement that wrote
+// invalidates what it wrote now (its transaction does so again when it
+// ends). mu held.
+func (s *session) cacheCompleteLocked(head *op) {
+	if head == nil || head.inval == nil || s.srv.cache == nil {
+		return
+	}
+	s.srv.cache.apply(s.database, head.inval)
+}
+
+// cacheTxEndLocked runs at each ReadyForQuery from the server, before the
+// client sees it: when the transaction has ended, everything it wrote is
+// invalidated. mu held.
+func (s *session) cacheTxEndLocked(status byte) {
+	if status != 'I' || s.srv.cache == nil || s.cache.tx.empty() {
+		return
+	}
+	w := s.cache.tx
+	s.cache.tx = cacheWrite{}
+	s.srv.cache.apply(s.database, &w)
+}
+
+// cacheSessionEnded invalidates what an unfinished transaction wrote when
+// its client leaves: a COMMIT may have reached the server without its
+// ReadyForQuery reaching us.
+func (s *session) cacheSessionEnded() {
+	if s.srv.cache == nil {
+		return
+	}
+	s.mu.Lock()
+	w := s.cache.tx
+	s.cache.tx = cacheWrite{}
+	s.mu.Unlock()
+	if !w.empty() {
+		s.srv.cache.apply(s.database, &w)
+	}
+}
+
+func (sc *serverCache) apply(db string, w *cacheWrite) {
+	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
+	defer cancel()
+	if w.flush {
+		sc.c.FlushDB(ctx, db)
+		sc.invals.WithLabelValues("flush").Inc()
+		return
+	}
+	if len(w.tables) > 0 {
+		sc.c.Invalidate(ctx, db, w.tables)
+		sc.invals.WithLabelValues("tables").Inc()
+	}
+}
+
+// ---- extended protocol ----
+
+// cacheExtended runs before a client message is handled when the cache is
+// on. It holds back an unnamed Parse, a Bind of the unnamed portal and a
+// Describe of it while they may still be answered from the cache, and
+// decides at the Execute. done means the message was consumed.
+func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
+	held := s.cache.held
+	switch typ {
+	case 'P':
+		if len(held) == 0 && len(body) > 0 && body[0] == 0 {
+			if _, query, _, ok := parseMsg(body); ok && s.srv.cache.mayAsk(query) {
+				d := s.srv.classify(string(query))
+				s.cache.memoQuery, s.cache.memo = string(query), d
+				if s.srv.cache.ttlFor(&d) > 0 && d.Cacheable && s.cacheIdle() {
+					s.hold(typ, body)
+					s.cache.held[0].d = &d
+					return true, nil
+				}
+			}
+		}
+	case 'B':
+		if (len(held) == 0 || len(held) == 1 && held[0].typ == 'P') && len(body) > 2 && body[0] == 0 {
+			stmt, _, ok := wire.CString(body[1:])
+			if ok && (len(held) == 0 || len(stmt) == 0) {
+				if info := s.heldStmt(stmt); info != nil && info.decision.Cacheable &&
+					s.srv.cache.ttlFor(&info.decision) > 0 && (len(held) == 1 || s.cacheIdle()) {
+					s.hold(typ, body)
+					return true, nil
+				}
+			}
+		}
+	case 'D':
+		if len(held) > 0 && held[len(held)-1].typ == 'B' && len(body) == 2 && body[0] == 'P' && body[1] == 0 {
+			s.hold(typ, body)
+			return true, nil
+		}
+	case 'E':
+		if len(held) > 0 && len(body) == 5 && body[0] == 0 && binary.BigEndian.Uint32(body[1:]) == 0 {
+			return s.cacheExecute(body)
+		}
+	}
+	if len(held) > 0 {
+		return false, s.releaseHeld()
+	}
+	return false, nil
+}
+
+// mayAsk reports whether a statement's text could be asked for by a rule
+// or a hint, cheaply: without rules only a hint can, and hints stand in a
+// comment before the first token.
+func (sc *serverCache) mayAsk(query []byte) bool {
+	if r := sc.rules.Load(); len(r.byFP) > 0 || len(r.byTables) > 0 {
+		return true
+	}
+	for _, c := range query {
+		switch c {
+		case ' ', '\t', '\n', '\r', '\f', '(':
+			continue
+		case '/', '-':
+			return true
+		}
+		return false
+	}
+	return false
+}
+
+// classifyParse classifies a Parse's text, reusing the decision the cache
+// hook just made for it.
+func (s *session) classifyParse(query []byte) routing.Decision {
+	if s.cache.memoQuery != "" && s.cache.memoQuery == string(query) {
+		d := s.cache.memo
+		s.cache.memoQuery, s.cache.memo = "", routing.Decision{}
+		return d
+	}
+	return s.srv.classifyBytes(query)
+}
+
+func (s *session) cacheIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cacheReadyLocked() == ""
+}
+
+func (s *session) hold(typ byte, body []byte) {
+	s.cache.held = append(s.cache.held, heldMsg{typ: typ, body: append([]byte(nil), body...)})
+}
+
+// heldStmt returns the statement a Bind refers to: the held Parse, or the
+// client's statement of that name.
+func (s *session) heldStmt(name []byte) *stmtInfo {
+	if h := s.cache.held; len(h) > 0 && h[0].typ == 'P' {
+		return &stmtInfo{decision: *h[0].d, parse: h[0].body}
+	}
+	if len(name) == 0 {
+		return s.unnamed
+	}
+	return s.stmts[string(name)]
+}
+
+// releaseHeld sends the held messages on their normal way.
+func (s *session) releaseHeld() error {
+	held := s.cache.held
+	s.cache.held = nil
+	for _, m := range held {
+		var err error
+		switch m.typ {
+		case 'P':
+			err = s.handleParse(m.body)
+		case 'B':
+			err = s.handleBind(m.body)
+		case 'D':
+			err = s.handleDescribe(m.body)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cacheExecute decides a held Parse/Bind/Describe + Execute of the unnamed
+// portal: answer from the cache, or send them with a capture.
+func (s *session) cacheExecute(exec []byte) (bool, error) {
+	held := s.cache.held
+	var parse, bind []byte
+	describe := false
+	for _, m := range held {
+		switch m.typ {
+		case 'P':
+			parse = m.body
+		case 'B':
+			bind = m.body
+		case 'D':
+			describe = true
+		}
+	}
+	if bind == nil {
+		return false, s.releaseHeld()
+	}
+	_, rest, _ := wire.CString(bind)
+	stmtName, bindRest, _ := wire.CString(rest)
+	info := s.heldStmt(stmtName)
+	if info == nil {
+		return false, s.releaseHeld()
+	}
+	// The statement: its text and parameter types (the Parse body
+	// without the name).
+	_, stmtText, _ := wire.CString(info.parse)
+	d := &info.decision
+	ttl := s.srv.cache.ttlFor(d)
+	desc := []byte{0}
+	if describe {
+		desc[0] = 1
+	}
+	frames, capture := s.cacheLookup(d, ttl, 'E', stmtText, bindRest, desc)
+	if frames == nil {
+		if capture != nil {
+			s.cache.capture = capture
+			s.cache.fillPrimary = true
+		}
+		err := s.releaseHeld()
+		if err == nil {
+			err = s.handleExecute(exec)
+		}
+		s.cacheDropCapture()
+		return true, err
+	}
+	s.cache.held = nil
+	if parse != nil {
+		// The client's unnamed statement is now this one; it is
+		// prepared on a server lazily, when next used there.
+		s.unnamed = &stmtInfo{decision: *d, parse: parse}
+		s.unnamedGen++
+		s.lastBound = s.unnamed
+	} else {
+		s.lastBound = info
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if parse != nil {
+		s.pushLocked(op{kind: opSynth, msg: parseComplete})
+	}
+	s.pushLocked(op{kind: opSynth, msg: bindComplete})
+	s.pushLocked(op{kind: opSynth, msg: frames})
+	return true, nil
+}
+
+var bindComplete = []byte{'2', 0, 0, 0, 4}
+
+// ---- server API ----
+
+// CacheStats is a snapshot of the result cache's counters, for the admin
+// console (SHOW CACHE). Enabled is false when cache.backend is off.
+type CacheStats struct {
+	Enabled       bool
+	Backend       string
+	Hits          uint64 // statements answered from the cache
+	Misses        uint64 // looked up, not found (then filled when possible)
+	Skipped       uint64 // asked for by a rule or hint but not looked up (transaction, pinned, not cacheable…)
+	Stored        uint64 // results stored
+	Bytes         int64  // bytes in the in-process tier
+	Entries       int64  // entries in the in-process tier
+	Evictions     uint64
+	Invalidations uint64
+	Bypasses      uint64 // store operations skipped (Redis down or slow)
+}
+
+// CacheStats returns the cache's counters. Safe for concurrent use.
+func (s *Server) CacheStats() CacheStats {
+	sc := s.cache
+	if sc == nil {
+		return CacheStats{Backend: config.CacheOff}
+	}
+	st := sc.c.Stats()
+	return CacheStats{
+		Enabled: true, Backend: sc.backend,
+		Hits: sc.nHits.Load(), Misses: sc.nMisses.Load(), Skipped: sc.nSkipped.Load(), Stored: sc.nStored.Load(),
+		Bytes: st.Bytes, Entries: st.Entries, Evictions: st.Evictions, Invalidations: st.Invalidations, Bypasses: st.Bypasses,
+	}
+}
+
+// invalidateTables drops every cached result of database that read one of
+// tables ("name" or "schema.name"), in every tier and, through Redis, every
+// instance. Used by writes through other paths (logical replication).
+func (s *Server) invalidateTables(database string, tables []string) {
+	if s.cache == nil || len(tables) == 0 {
+		return
+	}
+	w := &cacheWrite{}
+	for _, t := range tables {
+		w.tables = append(w.tables, cacheTable(t))
+	}
+	s.cache.apply(database, w)
+}
+
+// flushCache drops every cached result of database.
+func (s *Server) flushCache(database string) {
+	if s.cache == nil {
+		return
+	}
+	s.cache.apply(database, &cacheWrite{flush: true})
+}
+
+// flushAllCache drops every cached result.
+func (s *Server) flushAllCache() {
+	if s.cache == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
+	defer cancel()
+	s.cache.c.FlushAll(ctx)
+}
+
+// cacheDatabases lists the databases clients of this instance logged into.
+func (s *Server) cacheDatabases() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for k := range s.pools {
+		if !seen[k.database] {
+			seen[k.database] = true
+			out = append(out, k.database)
+		}
+	}
+	return out
+}
+
+// serveCacheFlush is POST /cache/flush on the admin listener: with no
+// parameter it flushes everything; ?table=name (repeatable) invalidates
+// tables and ?fingerprint=16hex one query shape, in ?database= or, without
+// it, in every database this instance has clients of.
+func (s *Server) serveCacheFlush(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "use POST", http.StatusMethodNotAllowed)
+		return
+	}
+	if s.cache == nil {
+		http.Error(w, "cache is off (cache.backend)", http.StatusConflict)
+		return
+	}
+	q := r.URL.Query()
+	tables := q["table"]
+	var fps []string
+	for _, f := range q["fingerprint"] {
+		fp, err := strconv.ParseUint(f, 16, 64)
+		if err != nil || len(f) != 16 {
+			http.Error(w, "fingerprint: want 16 hex digits", http.StatusBadRequest)
+			return
+		}
+		fps = append(fps, fpTable(fp))
+	}
+	if len(tables) == 0 && len(fps) == 0 {
+		if dbs := q["database"]; len(dbs) > 0 {
+			for _, db := range dbs {
+				s.flushCache(db)
+			}
+			fmt.Fprintf(w, "flushed databases %s\n", strings.Join(dbs, ", "))
+			return
+		}
+		s.flushAllCache()
+		w.Write([]byte("flushed all\n"))
+		return
+	}
+	dbs := q["database"]
+	if len(dbs) == 0 {
+		dbs = s.cacheDatabases()
+	}
+	for _, db := range dbs {
+		s.invalidateTables(db, tables)
+		if len(fps) > 0 {
+			s.cache.apply(db, &cacheWrite{tables: fps})
+		}
+	}
+	fmt.Fprintf(w, "invalidated %d table(s) and %d fingerprint(s) in %d database(s)\n", len(tables), len(fps), len(dbs))
+}
