@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -67,6 +68,10 @@ func BenchmarkRoundTripParallel(b *testing.B) {
 			var failed atomic.Value
 			b.SetParallelism(4)
 			b.ReportAllocs()
+			// cpu-ns/op: CPU of this process (the in-process proxy and the
+			// clients) per round trip; pgsluice minus direct is the proxy's
+			// share, far less sensitive to a loaded machine than ns/op.
+			cpu0, _ := bench.ReadProc(os.Getpid())
 			b.RunParallel(func(pb *testing.PB) {
 				ctx := context.Background()
 				conn, err := pgconn.Connect(ctx, dsn(addr))
@@ -83,6 +88,8 @@ func BenchmarkRoundTripParallel(b *testing.B) {
 					}
 				}
 			})
+			cpu1, _ := bench.ReadProc(os.Getpid())
+			b.ReportMetric(float64(cpu1.CPU-cpu0.CPU)/float64(b.N), "cpu-ns/op")
 			if err := failed.Load(); err != nil {
 				b.Fatal(err)
 			}

@@ -28,6 +28,7 @@ type Config struct {
 	TLS      TLSConfig     `mapstructure:"tls" yaml:"tls"`
 	Routing  RoutingConfig `mapstructure:"routing" yaml:"routing"`
 	Log      LogConfig     `mapstructure:"log" yaml:"log"`
+	Metrics  MetricsConfig `mapstructure:"metrics" yaml:"metrics"`
 	Cache    CacheConfig   `mapstructure:"cache" yaml:"cache"`
 }
 
@@ -149,6 +150,18 @@ type MonitorConfig struct {
 	User     string `mapstructure:"user" yaml:"user"`
 	Password Secret `mapstructure:"password" yaml:"password"`
 	Database string `mapstructure:"database" yaml:"database"`
+}
+
+// MetricsConfig configures per-query metrics, query statistics and the
+// slow-query log.
+type MetricsConfig struct {
+	// MaxFingerprints bounds the query shapes (pg_query fingerprints) that
+	// keep their own pgsluice_query_duration_seconds series: the most called
+	// ones; the rest are reported under fingerprint="other".
+	MaxFingerprints int `mapstructure:"max_fingerprints" yaml:"max_fingerprints"`
+	// SlowQueryThreshold logs every statement slower than this (normalized
+	// text only, no literals); 0 disables the slow-query log.
+	SlowQueryThreshold time.Duration `mapstructure:"slow_query_threshold" yaml:"slow_query_threshold"`
 }
 
 // CacheConfig configures the result cache. Nothing is cached unless a rule

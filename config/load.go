@@ -63,6 +63,7 @@ func Default() Config {
 			OnOpaqueWrite: "flush",
 			Invalidation:  CacheInvalidationConfig{Publication: "pgsluice_cache"},
 		},
+		Metrics: MetricsConfig{MaxFingerprints: 200, SlowQueryThreshold: time.Second},
 	}
 }
 
@@ -386,6 +387,12 @@ func (c Config) Validate() error {
 	}
 	if c.Routing.ShapeCacheSize < 1 {
 		add("routing.shape_cache_size", "want >= 1, got %d", c.Routing.ShapeCacheSize)
+	}
+	if c.Metrics.MaxFingerprints < 0 {
+		add("metrics.max_fingerprints", "want >= 0 (0 reports every query under fingerprint \"other\"), got %d", c.Metrics.MaxFingerprints)
+	}
+	if c.Metrics.SlowQueryThreshold < 0 {
+		add("metrics.slow_query_threshold", "want a duration >= 0 (0 disables), got %s", c.Metrics.SlowQueryThreshold)
 	}
 	p = append(p, c.Cache.problems()...)
 	switch strings.ToLower(c.Log.Level) {

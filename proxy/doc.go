@@ -1,6 +1,6 @@
 // Package proxy is pgsluice's server: the accept loop, the client session
 // state machine, backend pools, authentication, TLS, the cancel-key map, the
-// admin HTTP endpoint and graceful shutdown.
+// admin HTTP endpoint and console, query metrics and graceful shutdown.
 //
 // # Sessions
 //
@@ -50,6 +50,21 @@
 // and committed SETs form the session's settings (settings.go); a server
 // connection whose settings signature differs is brought in line with one
 // injected query before the client's first message.
+//
+// # Observability and the admin console
+//
+// metrics.go holds the instruments registered on the injected Registerer.
+// querystats.go times each statement: the session stamps the Query or
+// Execute op it queues (arrival of the statement's first message, the send
+// to the server, the target node, the fingerprint's statistics entry) and
+// the pump records it when the op completes (CommandComplete for Execute,
+// ReadyForQuery for Query); the hot path takes two clock readings and a few
+// atomic adds, and the fingerprint comes from routing's shape cache. The
+// statistics table is bounded (5000 shapes) and so is the label set of the
+// latency histogram (metrics.max_fingerprints, the rest "other"). A client
+// that logs in to the database "pgsluice" as one of admin.users gets the
+// admin console (admin.go, admin_show.go) instead of a server connection;
+// PAUSE closes a gate that attach waits on.
 //
 // # Result cache
 //

@@ -225,6 +225,9 @@ func (s *session) handleParse(body []byte) error {
 		s.mu.Unlock()
 		return nil
 	}
+	if pn == "" {
+		s.markQueryStart()
+	}
 	b, err := s.lockAttached(unnamedDecision(pn, &d))
 	if err != nil {
 		return s.localError(err, false)
@@ -298,6 +301,7 @@ func (s *session) handleBind(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Bind message"), false)
 	}
+	s.markQueryStart()
 	b, err := s.lockAttached(s.stmtDecision(stmt))
 	if err != nil {
 		return s.localError(err, false)
@@ -356,6 +360,7 @@ func (s *session) handleExecute(body []byte) error {
 	if err != nil {
 		return s.localError(err, false)
 	}
+	o = s.timedLocked(o, d, 0)
 	s.cacheNoteOpLocked(&o, d)
 	s.pushLocked(o)
 	s.inflight++
@@ -419,6 +424,7 @@ func (s *session) handleQuery(body []byte) error {
 	if d.Pin != routing.PinNone {
 		s.pin(d.Pin)
 	}
+	start := nanotime()
 	if s.srv.cache != nil {
 		if done, err := s.cacheQuery(&d, body); done || err != nil {
 			return err
@@ -430,7 +436,7 @@ func (s *session) handleQuery(body []byte) error {
 		return s.localError(err, true)
 	}
 	b.unnamedBy = nil // a simple query replaces the unnamed statement
-	o := op{kind: opQuery, sets: effects(&d)}
+	o := s.timedLocked(op{kind: opQuery, sets: effects(&d)}, &d, start)
 	s.cacheNoteOpLocked(&o, &d)
 	s.pushLocked(o)
 	s.inflight++

@@ -35,6 +35,8 @@ type TargetConfig struct {
 	Tweak func(*config.Config)
 	// Registry receives the proxy's metrics (default: a fresh one).
 	Registry *prometheus.Registry
+	// Reload is passed as proxy.Options.Reload (admin RELOAD).
+	Reload func() error
 }
 
 // defaultTargetConfig returns the configuration every test starts from.
@@ -112,7 +114,7 @@ func startProxy(t *testing.T, c *local.Cluster, tweak func(*TargetConfig)) (stri
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Logger: log})
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Logger: log, Reload: tc.Reload})
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

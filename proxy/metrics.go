@@ -95,7 +95,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 		}, []string{"target", "reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.clients, m.rejected, m.authFailures, m.acquireWait, m.acquireTimeouts,
-		m.serverConnects, m.connectErrors, m.pins, m.errors, m.cancels, m.decisions, &poolCollector{srv: srv}} {
+		m.serverConnects, m.connectErrors, m.pins, m.errors, m.cancels, m.decisions, &poolCollector{srv: srv}, queryCollector{srv.qs}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

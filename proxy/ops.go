@@ -44,6 +44,15 @@ type op struct {
 	// sets are session settings to record when the op completes
 	// successfully (a SET through the simple or extended protocol).
 	sets *pendingSets
+	// q is the statistics entry of a Query or Execute op; qstart is when
+	// the client message that started the statement arrived, qsent when it
+	// was sent to the server (nanotime); qrows and qfailed collect its
+	// outcome (see querystats.go).
+	q             *fpStats
+	qstart, qsent int64
+	qrows         int64
+	qtarget       uint8
+	qfailed       bool
 	// cap captures the op's result for the cache; inval is what the
 	// statement writes (see cache.go).
 	cap   *cacheCapture

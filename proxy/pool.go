@@ -51,7 +51,8 @@ type pool struct {
 // waiter is a client waiting for a connection. It receives either a backend
 // or, with b == nil, the right to open a new connection itself.
 type waiter struct {
-	ch chan grant
+	ch    chan grant
+	since time.Time // when the client started waiting (SHOW POOLS maxwait)
 }
 
 type grant struct {
@@ -135,7 +136,7 @@ func (p *pool) acquireOnce(ctx context.Context, start time.Time) (*backend, erro
 		p.mu.Unlock()
 		return p.open(ctx)
 	}
-	w := &waiter{ch: make(chan grant, 1)}
+	w := &waiter{ch: make(chan grant, 1), since: start}
 	p.waiters = append(p.waiters, w)
 	p.mu.Unlock()
 

@@ -221,6 +221,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 			}
 		case 'I', 's':
 			if head.kind == opExecute {
+				s.queryDoneLocked(head)
 				s.ops.pop()
 			}
 		}
@@ -233,6 +234,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		if head != nil && !drop {
 			s.txn.noteTag(body)
+			noteTagRows(head, body)
 		}
 		if !drop {
 			wire.WriteMessage(s.w, 'C', body)
@@ -240,6 +242,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		s.cacheCompleteLocked(head)
 		if head != nil && head.kind == opExecute {
 			s.txn.add(head.sets)
+			s.queryDoneLocked(head)
 			s.ops.pop()
 			s.emitDueLocked()
 		}
@@ -281,7 +284,9 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if head == nil {
 			return nil
 		}
+		head.qfailed = true
 		if !head.kind.endsWithReady() {
+			s.queryDoneLocked(head)
 			x := s.ops.pop()
 			if x.kind == opParse || x.kind == opParseDrop {
 				b.prepared.remove(x.stmt)
@@ -310,6 +315,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		if x.kind == opQuery && !s.txn.cycleErr {
 			s.txn.add(x.sets)
 		}
+		s.queryDoneLocked(&x)
 		s.cacheTxEndLocked(status)
 		if x.kind != opSettings {
 			wire.WriteMessage(s.w, 'Z', body)

@@ -336,6 +336,7 @@ func (s *session) retryLocked(b *backend, cause retryCause) bool {
 	}
 	for _, o := range r.ops[:done] {
 		if o.kind != opSynth {
+			o.q = nil // counted in the query statistics when it first completed
 			s.ops.push(o)
 		}
 	}

@@ -36,6 +36,7 @@ type Server struct {
 	cfg        atomic.Pointer[config.Config]
 	log        *slog.Logger
 	m          *metrics
+	qs         *queryStats
 	gatherer   prometheus.Gatherer
 	classifier *routing.Classifier
 	topo       *topology
@@ -57,6 +58,11 @@ type Server struct {
 	sessions map[*session]struct{}
 	lns      []net.Listener
 	admin    *http.Server
+
+	// Admin console (admin.go): RELOAD hook and PAUSE/RESUME gate.
+	reload     func() error
+	gate       pauseGate
+	pausedFlag atomic.Bool
 
 	clients  atomic.Int64
 	draining atomic.Bool
@@ -99,6 +105,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		pools:    map[poolKey]*pool{},
 		sessions: map[*session]struct{}{},
 		done:     make(chan struct{}),
+		reload:   opts.Reload,
 	}
 	s.cfg.Store(&cfg)
 	s.classifier = routing.New(routing.Options{CacheSize: cfg.Routing.ShapeCacheSize})
@@ -110,6 +117,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	s.requireTLS = cfg.TLS.Client == "require"
+	s.qs = newQueryStats(func() int { return s.cfgNow().Metrics.MaxFingerprints })
 	m, err := newMetrics(reg, s)
 	if err != nil {
 		return nil, err
@@ -316,6 +324,7 @@ func (s *Server) ServeAdmin(ln net.Listener) error {
 		w.Write([]byte("ready\n"))
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.HandleFunc("/queries", s.serveQueries)
 	mux.HandleFunc("/cache/flush", s.serveCacheFlush)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.mu.Lock()

@@ -62,6 +62,10 @@ type session struct {
 	lastWrite      time.Time  // when a transaction of this client that wrote committed (mu)
 	settings       *settings  // session goroutine writes under mu; pump reads under mu
 	key            cancelKey
+	admin          bool      // the admin console (admin.go), not a PostgreSQL client
+	appName        string    // application_name of the startup packet
+	since          time.Time // when the client connected
+	lastReq        int64     // nanotime of the last statement sent (mu)
 
 	mu       sync.Mutex
 	w        *bufio.Writer // client writer (mu)
@@ -112,6 +116,13 @@ type session struct {
 	// functions; reload their volatility when it ends (mu).
 	catalogDDL bool
 	cache      cacheState
+
+	// Query statistics (querystats.go): qstart is when the pending
+	// statement's first message arrived, lastQS the last entry used
+	// (session goroutine); dbc this session's database counters.
+	qstart int64
+	lastQS *fpStats
+	dbc    dbCounters // (mu)
 }
 
 // run serves the client until it leaves. It owns conn.
@@ -133,6 +144,10 @@ func (s *session) run(ctx context.Context) {
 func (s *session) serve() {
 	defer s.srv.wg.Done()
 	defer s.cleanup()
+	if s.admin {
+		s.adminLoop()
+		return
+	}
 	s.loop()
 }
 
@@ -254,6 +269,7 @@ func (s *session) attach(d *routing.Decision) error {
 		return nil
 	}
 	s.mu.Unlock()
+	s.srv.waitIfPaused()
 	p, n := s.choose(d)
 	// No context deadline: acquire bounds its wait by pool.acquire_timeout
 	// (a timer only when it must wait) and dialing by pool.connect_timeout.
@@ -374,6 +390,7 @@ func (s *session) localError(err error, atSync bool) error {
 
 // handleSync forwards Sync, or answers it locally when nothing is attached.
 func (s *session) handleSync() error {
+	s.qstart = 0
 	s.mu.Lock()
 	attached := s.b != nil
 	if !attached {
@@ -576,6 +593,7 @@ func (s *session) cleanup() {
 		s.srv.cancels.Delete(s.key)
 	}
 	s.cacheSessionEnded()
+	s.flushStats()
 	s.srv.sessionEnded(s)
 }
 

@@ -96,6 +96,7 @@ func (s *session) startup(ctx context.Context) error {
 		return err
 	}
 	s.user, s.database = st.User(), st.Database()
+	s.appName = st.Params["application_name"]
 	if !s.srv.admitClient() {
 		err := pgerr.Fatal(pgerr.TooManyConnections, "sorry, too many clients already (pool.max_client_conn is %d)", s.cfg.Pool.MaxClientConn)
 		s.srv.m.rejected.Inc()
@@ -125,6 +126,9 @@ func (s *session) startup(ctx context.Context) error {
 			s.sendFatal(err)
 		}
 		return err
+	}
+	if s.database == adminDatabase {
+		return s.adminLogin()
 	}
 	password, _ := s.cfg.UserPassword(s.user)
 	s.pool = s.srv.poolFor(s.database, s.user, password, s.srv.topo.writer().addr)
@@ -177,6 +181,7 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 			return params, nil
 		}
 	}
+	s.srv.waitIfPaused()
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	b, err := s.pool.acquire(ctx)
@@ -240,6 +245,7 @@ func newSession(srv *Server, c net.Conn) *session {
 		cfg:   srv.cfgNow(),
 		log:   srv.log,
 		conn:  c,
+		since: time.Now(),
 		w:     bufio.NewWriterSize(c, idleWriterSize), // pooled full-size writers: buffers.go
 		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),

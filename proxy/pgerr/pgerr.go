@@ -41,6 +41,8 @@ const (
 	ObjectNotInPrerequisiteState       = "55000" // object_not_in_prerequisite_state
 	SQLClientUnableToEstablishSQLConn  = "08001" // sqlclient_unable_to_establish_sqlconnection
 	SQLServerRejectedEstablishmentConn = "08004" // sqlserver_rejected_establishment_of_sqlconnection
+	UndefinedObject                    = "42704" // undefined_object
+	ConfigFileError                    = "F0000" // config_file_error
 )
 
 // Severities used in ErrorResponse messages built by pgsluice.

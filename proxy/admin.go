@@ -1,0 +1,346 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgsluice/pgsluice/proxy/pgerr"
+	"github.com/pgsluice/pgsluice/proxy/wire"
+)
+
+// The admin console: a client that logs in to the database "pgsluice" as a
+// user listed in admin.users (authenticated like any client, with its
+// auth.users password) talks to pgsluice itself, not to PostgreSQL, as with
+// PgBouncer's "pgbouncer" database. It speaks the simple query protocol
+// (what psql uses) and answers SHOW POOLS, CLIENTS, SERVERS, STATS,
+// QUERIES, REPLICAS, CACHE, CONFIG, HELP, and RELOAD, PAUSE, RESUME
+// (admin_show.go builds the rows). Other users are refused with 28000.
+
+// adminDatabase is the database name that opens the admin console.
+const adminDatabase = "pgsluice"
+
+// adminParams are the ParameterStatus values the console reports.
+var adminParams = [][2]string{
+	{"application_name", ""},
+	{"client_encoding", "UTF8"},
+	{"DateStyle", "ISO, MDY"},
+	{"integer_datetimes", "on"},
+	{"IntervalStyle", "postgres"},
+	{"is_superuser", "off"},
+	{"server_encoding", "UTF8"},
+	{"server_version", "15.0 (pgsluice admin console)"},
+	{"standard_conforming_strings", "on"},
+	{"TimeZone", "UTC"},
+}
+
+// adminLogin finishes the login of an authenticated client that asked for
+// the admin database: admin.users only.
+func (s *session) adminLogin() error {
+	if !slices.Contains(s.cfg.Admin.Users, s.user) {
+		err := pgerr.Fatal(pgerr.InvalidAuthorizationSpecification,
+			"pgsluice admin console: user %q is not in admin.users", s.user)
+		s.sendFatal(err)
+		return err
+	}
+	s.admin = true
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clientWriterLocked()
+	for _, p := range adminParams {
+		v := p[1]
+		if p[0] == "application_name" {
+			v = s.appName
+		}
+		s.w.Write(encode(&pgproto3.ParameterStatus{Name: p[0], Value: v}))
+	}
+	s.w.Write(encode(&pgproto3.BackendKeyData{ProcessID: 0, SecretKey: []byte{0, 0, 0, 0}}))
+	s.w.Write([]byte{'Z', 0, 0, 0, 5, 'I'})
+	s.txStatus = 'I'
+	s.setStateLocked(stateIdle)
+	s.conn.SetDeadline(time.Time{})
+	return s.flushClientLocked()
+}
+
+// adminLoop serves the console until the client leaves. It keeps its own
+// reader (admin sessions are few; buffers.go pools those of clients).
+func (s *session) adminLoop() {
+	max := int(s.cfg.MaxMessageSize)
+	if s.r == nil {
+		s.r = bufio.NewReaderSize(s.conn, wire.BufferSize)
+	}
+	skipping := false
+	for {
+		typ, n, err := wire.PeekHeader(s.r, max)
+		if err != nil {
+			switch {
+			case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
+				s.sendFatal(err)
+			case s.srv.draining.Load():
+				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+			}
+			return
+		}
+		if typ == 'X' {
+			return
+		}
+		body, err := wire.ReadBody(s.r, n, &s.scratch)
+		if err != nil {
+			return
+		}
+		var out []byte
+		switch typ {
+		case 'Q':
+			skipping = false
+			if len(body) == 0 || body[len(body)-1] != 0 {
+				s.sendFatal(pgerr.Fatal(pgerr.ProtocolViolation, "invalid Query message"))
+				return
+			}
+			out = s.adminQuery(string(body[:len(body)-1]))
+			out = append(out, 'Z', 0, 0, 0, 5, 'I')
+		case 'S':
+			skipping = false
+			out = []byte{'Z', 0, 0, 0, 5, 'I'}
+		case 'P', 'B', 'D', 'E', 'C', 'H', 'F':
+			if !skipping {
+				skipping = true
+				out = pgerr.AppendResponse(nil, pgerr.New(pgerr.FeatureNotSupported,
+					"the pgsluice admin console supports the simple query protocol only"))
+				s.srv.m.errors.WithLabelValues(pgerr.Class(pgerr.FeatureNotSupported)).Inc()
+			}
+		case 'd', 'c', 'f':
+			// Not in COPY: ignored, as PostgreSQL does.
+		default:
+			s.sendFatal(pgerr.Fatal(pgerr.ProtocolViolation, "invalid frontend message type %d", typ))
+			return
+		}
+		if len(out) == 0 {
+			continue
+		}
+		s.mu.Lock()
+		s.clientWriterLocked().Write(out)
+		err = s.flushClientLocked()
+		s.mu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+// adminQuery runs the ';'-separated commands of one Query message and
+// returns the encoded responses (without ReadyForQuery). The first failing
+// command ends the string, as in PostgreSQL.
+func (s *session) adminQuery(sql string) []byte {
+	var out []byte
+	ran := false
+	for _, stmt := range strings.Split(sql, ";") {
+		words := strings.Fields(stripSQLComments(stmt))
+		if len(words) == 0 {
+			continue
+		}
+		ran = true
+		res, err := s.adminCommand(words)
+		if err != nil {
+			s.srv.m.errors.WithLabelValues(pgerr.Class(pgerr.ToError(err).Code)).Inc()
+			return pgerr.AppendResponse(out, err)
+		}
+		out = res.append(out)
+	}
+	if !ran {
+		out = append(out, 'I', 0, 0, 0, 4) // EmptyQueryResponse
+	}
+	return out
+}
+
+// stripSQLComments removes -- and /* */ comments (psql keeps them).
+func stripSQLComments(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch {
+		case strings.HasPrefix(s[i:], "--"):
+			j := strings.IndexByte(s[i:], '\n')
+			if j < 0 {
+				return b.String()
+			}
+			i += j
+			b.WriteByte(' ')
+		case strings.HasPrefix(s[i:], "/*"):
+			j := strings.Index(s[i+2:], "*/")
+			if j < 0 {
+				return b.String()
+			}
+			i += j + 3
+			b.WriteByte(' ')
+		default:
+			b.WriteByte(s[i])
+		}
+	}
+	return b.String()
+}
+
+// adminCommand runs one command.
+func (s *session) adminCommand(words []string) (*resultSet, error) {
+	verb := strings.ToUpper(words[0])
+	switch verb {
+	case "SHOW":
+		if len(words) != 2 {
+			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: want SHOW <item>; SHOW HELP lists them")
+		}
+		item := strings.ToUpper(words[1])
+		show, ok := adminShows[item]
+		if !ok {
+			return nil, pgerr.New(pgerr.UndefinedObject, "unrecognized SHOW item %q (SHOW HELP lists them)", truncate(words[1], 64))
+		}
+		return show.fn(s.srv), nil
+	case "RELOAD", "PAUSE", "RESUME":
+		if len(words) != 1 {
+			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: %s takes no argument (pgsluice pauses every pool)", verb)
+		}
+	}
+	switch verb {
+	case "RELOAD":
+		if s.srv.reload == nil {
+			return nil, pgerr.New(pgerr.FeatureNotSupported, "RELOAD is not available: this pgsluice was started without a reloadable configuration")
+		}
+		if err := s.srv.reload(); err != nil {
+			return nil, pgerr.New(pgerr.ConfigFileError, "RELOAD failed, the previous configuration stays in force: %s", err)
+		}
+		s.srv.log.Info("configuration reloaded (admin RELOAD)", "user", s.user)
+		return &resultSet{tag: "RELOAD"}, nil
+	case "PAUSE":
+		s.srv.log.Info("pausing (admin PAUSE): new queries wait", "user", s.user)
+		s.srv.pause()
+		return &resultSet{tag: "PAUSE"}, nil
+	case "RESUME":
+		s.srv.resume()
+		s.srv.log.Info("resumed (admin RESUME)", "user", s.user)
+		return &resultSet{tag: "RESUME"}, nil
+	}
+	return nil, pgerr.New(pgerr.SyntaxError, "syntax error at or near %q: the admin console accepts SHOW, RELOAD, PAUSE and RESUME (SHOW HELP)", truncate(words[0], 64))
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// resultSet is one command's answer in text format.
+type resultSet struct {
+	cols []string
+	rows [][]string
+	tag  string
+}
+
+func (r *resultSet) append(dst []byte) []byte {
+	if len(r.cols) > 0 {
+		rd := &pgproto3.RowDescription{}
+		for _, c := range r.cols {
+			rd.Fields = append(rd.Fields, pgproto3.FieldDescription{Name: []byte(c), DataTypeOID: 25, DataTypeSize: -1, TypeModifier: -1})
+		}
+		dst, _ = rd.Encode(dst)
+		for _, row := range r.rows {
+			dr := &pgproto3.DataRow{Values: make([][]byte, len(row))}
+			for i, v := range row {
+				dr.Values[i] = []byte(v)
+			}
+			dst, _ = dr.Encode(dst)
+		}
+	}
+	dst, _ = (&pgproto3.CommandComplete{CommandTag: []byte(r.tag)}).Encode(dst)
+	return dst
+}
+
+// pauseGate implements PAUSE/RESUME: while paused, a client that needs a
+// server connection waits. Safe for concurrent use.
+type pauseGate struct {
+	mu      sync.Mutex
+	paused  bool
+	resumed chan struct{}
+}
+
+// waitIfPaused blocks while the proxy is paused (or until it drains).
+func (s *Server) waitIfPaused() {
+	if !s.pausedFlag.Load() {
+		return
+	}
+	s.gate.mu.Lock()
+	ch := s.gate.resumed
+	paused := s.gate.paused
+	s.gate.mu.Unlock()
+	if !paused {
+		return
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ch:
+			return
+		case <-tick.C:
+			if s.draining.Load() {
+				return
+			}
+		}
+	}
+}
+
+// pause stops lending server connections and waits until every lent one
+// is back (PgBouncer's PAUSE): then no query runs on any server.
+func (s *Server) pause() {
+	s.gate.mu.Lock()
+	if !s.gate.paused {
+		s.gate.paused = true
+		s.gate.resumed = make(chan struct{})
+		s.pausedFlag.Store(true)
+	}
+	s.gate.mu.Unlock()
+	for !s.draining.Load() {
+		s.gate.mu.Lock()
+		still := s.gate.paused
+		s.gate.mu.Unlock()
+		if !still || s.activeServers() == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// resume lets waiting clients go.
+func (s *Server) resume() {
+	s.gate.mu.Lock()
+	defer s.gate.mu.Unlock()
+	if s.gate.paused {
+		s.gate.paused = false
+		s.pausedFlag.Store(false)
+		close(s.gate.resumed)
+	}
+}
+
+// activeServers counts server connections lent to clients.
+func (s *Server) activeServers() int {
+	n := 0
+	for _, p := range s.poolList() {
+		active, _, _, _ := p.stats()
+		n += active
+	}
+	return n
+}
+
+// poolList returns the pools in a stable order.
+func (s *Server) poolList() []*pool {
+	s.mu.Lock()
+	pools := make([]*pool, 0, len(s.pools))
+	for _, p := range s.pools {
+		pools = append(pools, p)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(pools, func(a, b *pool) int { return strings.Compare(a.key.String(), b.key.String()) })
+	return pools
+}
