@@ -424,12 +424,14 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 		sc.skip(reason)
 		return nil, nil
 	}
+	start := time.Now()
 	key := s.cacheKey(sig, kind, parts...)
 	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
 	defer cancel()
 	if f, ok := sc.c.Get(ctx, s.database, key); ok {
 		sc.lookups.WithLabelValues("hit").Inc()
 		sc.nHits.Add(1)
+		s.observeQuery(d, "cache", time.Since(start), countDataRows(f), false)
 		return f, nil
 	}
 	f, leader := sc.join(key)
@@ -443,6 +445,7 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 		if fr, ok := sc.c.Get(ctx, s.database, key); ok {
 			sc.lookups.WithLabelValues("shared").Inc()
 			sc.nHits.Add(1)
+			s.observeQuery(d, "cache", time.Since(start), countDataRows(fr), false)
 			return fr, nil
 		}
 		f = nil // fill without a flight
@@ -458,6 +461,22 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	}
 	capture.gens = gens
 	return nil, capture
+}
+
+// countDataRows counts the DataRow messages of a cached result.
+func countDataRows(frames []byte) int64 {
+	var n int64
+	for len(frames) >= 5 {
+		l := int(binary.BigEndian.Uint32(frames[1:5]))
+		if l < 4 || 1+l > len(frames) {
+			break
+		}
+		if frames[0] == 'D' {
+			n++
+		}
+		frames = frames[1+l:]
+	}
+	return n
 }
 
 func (sc *serverCache) skip(reason string) {

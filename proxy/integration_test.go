@@ -264,7 +264,7 @@ func watchBackends(t testing.TB, user string) *backendWatcher {
 		defer tick.Stop()
 		for {
 			var n int64
-			if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename = $1", user).Scan(&n); err == nil {
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename = $1 AND application_name NOT LIKE 'pgsluice\\_%'", user).Scan(&n); err == nil {
 				w.polls.Add(1)
 				for {
 					cur := w.max.Load()

@@ -96,7 +96,7 @@ func withObs(replica bool, tweak func(*config.Config)) func(*TargetConfig) {
 // A known workload through the proxy, with a replica: the per-fingerprint
 // histogram counts each statement once under the node it ran on, the
 // backend-time histogram agrees per target, and nothing is reported for
-// the cache (not wired yet).
+// the cache (no rule asks for caching; TestQueryMetricsCacheTarget covers it).
 func TestQueryMetricsPerFingerprint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -605,4 +605,46 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Results answered from the cache are counted under target="cache" with
+// their fingerprint, and not under the backend-time histogram.
+func TestQueryMetricsCacheTarget(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, "DROP TABLE IF EXISTS obs_c; CREATE TABLE obs_c(id int primary key, v int); INSERT INTO obs_c VALUES (1, 10), (2, 20)")
+	dsn, srv := startProxy(t, cluster, withObs(false, func(cfg *config.Config) {
+		cfg.Cache.Backend = config.CacheMemory
+		cfg.Cache.Rules = []config.CacheRule{{Tables: []string{"obs_c"}, TTL: time.Hour}}
+	}))
+	base := serveAdmin(t, srv)
+	c := connect(t, ctx, dsn)
+	const q = "SELECT v FROM obs_c ORDER BY id"
+	for i := 0; i < 5; i++ {
+		rows, err := c.Query(ctx, q, pgx.QueryExecModeSimpleProtocol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if rows.Err() != nil || n != 2 {
+			t.Fatalf("read %d: %d rows, err %v", i, n, rows.Err())
+		}
+	}
+	if h := srv.CacheStats().Hits; h != 4 {
+		t.Fatalf("cache hits = %d, want 4 (one fill, four hits)", h)
+	}
+	mfs := scrapeFamilies(t, base)
+	got := histCounts(mfs, "pgsluice_query_duration_seconds", "fingerprint", "target", "command")
+	if n := got[fp(q)+"/cache/select"]; n != 4 {
+		t.Errorf("cache series count = %d, want 4; all: %v", n, got)
+	}
+	if n := got[fp(q)+"/primary/select"]; n != 1 {
+		t.Errorf("primary series count = %d, want 1 (the fill); all: %v", n, got)
+	}
+	if n := histCounts(mfs, "pgsluice_query_backend_seconds", "target")["cache"]; n != 0 {
+		t.Errorf("backend time recorded for %d cache hits, want none", n)
+	}
 }
