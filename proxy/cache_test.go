@@ -591,24 +591,34 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 			cfg.Cache.Redis.Timeout = 500 * time.Millisecond
 		}
 	}
-	dsnA := startTarget(t, cluster, shared)
-	dsnB := startTarget(t, cluster, shared)
-	writer := connect(t, ctx, dsnA)
-	reader := connect(t, ctx, dsnB)
-	other := connect(t, ctx, dsnFor(t, dsnB, "md5u", "md5pass", "app"))
-	waitReplicaReads(t, ctx, reader)
+	// Three instances sharing one Redis: each write goes through one of
+	// them and is read back at once through the other two, by the same
+	// user on connections of its own (the Lambda case).
+	var dsns []string
+	for range 3 {
+		dsns = append(dsns, startTarget(t, cluster, shared))
+	}
+	conns := make([]*pgx.Conn, 3)
+	for i, d := range dsns {
+		conns[i] = connect(t, ctx, d)
+		waitReplicaReads(t, ctx, conns[i])
+	}
+	other := connect(t, ctx, dsnFor(t, dsns[1], "md5u", "md5pass", "app"))
 	waitReplicaReads(t, ctx, other)
 	if err := cluster.PauseReplay(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cluster.ResumeReplay() })
-	for i := 0; i < 50; i++ {
-		if _, err := writer.Exec(ctx, "INSERT INTO ryw_x VALUES ($1)", i); err != nil {
+	for i := 0; i < 60; i++ {
+		w := i % 3
+		if _, err := conns[w].Exec(ctx, "INSERT INTO ryw_x VALUES ($1)", i); err != nil {
 			t.Fatal(err)
 		}
-		var n int
-		if err := reader.QueryRow(ctx, "SELECT count(*) FROM ryw_x WHERE id = $1", i).Scan(&n); err != nil || n != 1 {
-			t.Fatalf("write %d through instance A not visible to the same user through instance B: n=%d err=%v", i, n, err)
+		for _, r := range []int{(w + 1) % 3, (w + 2) % 3} {
+			var n int
+			if err := conns[r].QueryRow(ctx, "SELECT count(*) FROM ryw_x WHERE id = $1", i).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("write %d through instance %d not visible to the same user through instance %d: n=%d err=%v", i, w, r, n, err)
+			}
 		}
 	}
 	var rec bool

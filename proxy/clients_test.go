@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"github.com/pgsluice/pgsluice/config"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -227,7 +228,20 @@ func TestCancel(t *testing.T) {
 // gates concurrency at 150; through the proxy all 2,000 are concurrent and
 // the backends on the primary stay within the pool size.
 func TestManyClients(t *testing.T) {
-	dsn := startTarget(t, cluster, nil)
+	dsn := startTarget(t, cluster, func(tc *TargetConfig) {
+		tc.Tweak = func(cfg *config.Config) {
+			// The 2,000 clients' own SCRAM handshakes (PBKDF2, under
+			// -race) run in this very process and starve the proxy's
+			// goroutines that dial PostgreSQL: on an idle 2-core machine
+			// the pool's first ten dials took 0.4-7.6 s, past the default
+			// 5 s connect_timeout, and logins queued behind them past the
+			// 15 s login timeout. What is tested here is multiplexing, not
+			// dial latency (TestStalledNetworkPath covers the timeouts),
+			// so give both room.
+			cfg.Pool.ConnectTimeout = 60 * time.Second
+			cfg.Pool.ClientLoginTimeout = 90 * time.Second
+		}
+	})
 	const clients = 2000
 	gate := make(chan struct{}, clients)
 	if !viaProxy {
