@@ -99,6 +99,28 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 		s.mu.Lock()
 		for s.b != nil && d != nil && s.node != nil && s.node != s.srv.topo.writer() && s.txStatus == 'I' &&
 			s.pinned == routing.PinNone && s.fatal == nil && (d.Target == routing.TargetPrimary || s.routeOverride == "primary" || d.Hints.Route == "primary") {
+			if s.dirty != nil {
+				// The replica is released after the ReadyForQuery of
+				// what was sent to it; bytes still buffered for it (a
+				// Sync followed by this message in one client packet)
+				// must go out first, or the wait never ends.
+				s.mu.Unlock()
+				if err := s.flushServer(); err != nil {
+					return nil, err
+				}
+				s.mu.Lock()
+				continue
+			}
+			if s.cycleOpenLocked() {
+				// The replica is released only after the ReadyForQuery
+				// of the client's Sync, which comes after this message:
+				// waiting would hang the session. Refuse the write
+				// clearly instead (the pipeline then skips to its Sync,
+				// as after any error). Splitting the pipeline with a Sync
+				// of the proxy's own is the better fix, not built yet.
+				s.mu.Unlock()
+				return nil, errWriteInReplicaPipeline
+			}
 			s.cond.Wait()
 		}
 		if s.b != nil {
@@ -110,6 +132,23 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// errWriteInReplicaPipeline answers a statement that needs the primary
+// inside a pipeline (no Sync yet) whose earlier reads went to a replica.
+var errWriteInReplicaPipeline = pgerr.New(pgerr.FeatureNotSupported,
+	"pgsluice: a statement that needs the primary follows reads sent to a replica in the same pipeline; send Sync before it, start the pipeline with the write, or add /* pgsluice: route=primary */ to the reads")
+
+// cycleOpenLocked reports whether messages of the current Sync cycle are
+// in flight on the attached server: its ReadyForQuery, and so its release,
+// waits for the client's Sync (mu held).
+func (s *session) cycleOpenLocked() bool {
+	for i := 0; i < s.ops.len(); i++ {
+		if o := s.ops.at(i); o.cycle == s.cycle && o.kind != opSynth {
+			return true
+		}
+	}
+	return false
 }
 
 // send writes s.out to b (mu not held) and ends the in-flight write.
