@@ -505,7 +505,7 @@ func TestAdminPauseResume(t *testing.T) {
 func TestQueriesEndpointAndSlowLog(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var logBuf syncBuffer
+	var logBuf lockedBuffer
 	dsn, srv := startProxy(t, cluster, func(c *TargetConfig) {
 		withObs(false, func(cfg *config.Config) { cfg.Metrics.SlowQueryThreshold = 250 * time.Millisecond })(c)
 		c.Log = &logBuf
@@ -587,24 +587,6 @@ func TestQueriesEndpointAndSlowLog(t *testing.T) {
 			t.Errorf("slow-query record leaks a literal or names a fast statement: %s", line)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // Results answered from the cache are counted under target="cache" with
