@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -78,12 +77,7 @@ func (s *session) adminLoop() {
 	for {
 		typ, n, err := wire.PeekHeader(s.r, max)
 		if err != nil {
-			switch {
-			case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
-				s.sendFatal(err)
-			case s.srv.draining.Load():
-				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
-			}
+			s.readFailed(err)
 			return
 		}
 		if typ == 'X' {

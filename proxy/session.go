@@ -184,12 +184,7 @@ func (s *session) loop() {
 			typ, n, err = wire.PeekHeader(s.r, max)
 		}
 		if err != nil {
-			switch {
-			case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
-				s.sendFatal(err)
-			case s.srv.draining.Load():
-				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
-			}
+			s.readFailed(err)
 			return
 		}
 		if f := s.fatalErr(); f != nil {
@@ -208,6 +203,18 @@ func (s *session) loop() {
 			}
 			return
 		}
+	}
+}
+
+// readFailed ends a session whose client read failed: a malformed or
+// oversized message gets a FATAL naming it, a shutdown gets 57P01, a
+// vanished client nothing.
+func (s *session) readFailed(err error) {
+	switch {
+	case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
+		s.sendFatal(err)
+	case s.srv.draining.Load():
+		s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 	}
 }
 
