@@ -86,7 +86,23 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(stormChildEnv); addr != "" {
 		os.Exit(stormChild(addr)) // storm_test.go: a client process, no cluster
 	}
+	if fuzzOnly() {
+		// The fuzz targets here are pure; a cluster per fuzz worker
+		// process costs seconds of start-up and shutdown that eat into
+		// -fuzztime (CI once failed with "context deadline exceeded").
+		os.Exit(m.Run())
+	}
 	os.Exit(runTests(m))
+}
+
+// fuzzOnly reports whether this process only fuzzes: a fuzz worker, or the
+// fuzz coordinator with -run matching no test.
+func fuzzOnly() bool {
+	if f := flag.Lookup("test.fuzzworker"); f != nil && f.Value.String() == "true" {
+		return true
+	}
+	fz, run := flag.Lookup("test.fuzz"), flag.Lookup("test.run")
+	return fz != nil && fz.Value.String() != "" && run != nil && run.Value.String() == "^$"
 }
 
 func runTests(m *testing.M) int {
