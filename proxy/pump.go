@@ -228,7 +228,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		s.emitDueLocked()
 		return nil
 	case 'C':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -248,7 +248,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		return nil
 	case 'S':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -260,7 +260,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 	case 'A':
 		return wire.Forward(s.w, b.r, n)
 	case 'E':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -295,7 +295,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		return nil
 	case 'Z':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}

@@ -184,3 +184,57 @@ func TestExecuteFlushKeepsServer(t *testing.T) {
 		t.Fatalf("rows: %d (err %v); want 1: the INSERT rolled back by the failing statement before Sync must be gone, the synced one kept", n, err)
 	}
 }
+
+// Client messages and server replies larger than the read buffers, in
+// flight at the same time: a pipeline of 100 KiB statements that each fail
+// with an error quoting their own 100 KiB literal. The session goroutine
+// reads the next big Parse while the pump reads the previous big error;
+// each must come back intact (under -race this also proves they never share
+// a buffer).
+func TestLargeMessagesBothWays(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := connect(t, ctx, startTarget(t, cluster, nil))
+	const n = 20
+	p := c.PgConn().StartPipeline(ctx)
+	lits := make([]string, n)
+	for i := range lits {
+		lits[i] = strconv.Itoa(i) + strings.Repeat("x", 100<<10)
+		// Each is its own Sync cycle so that the server keeps answering.
+		p.SendQueryParams("SELECT '"+lits[i]+"'::int", nil, nil, nil, nil)
+		if err := p.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < n; {
+		res, err := p.GetResults()
+		if err != nil {
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "22P02" || !strings.Contains(pe.Message, `"`+lits[i]+`"`) {
+				msg := err.Error()
+				if len(msg) > 80 {
+					msg = msg[:80]
+				}
+				t.Fatalf("statement %d: got %s..., want 22P02 quoting its own literal", i, msg)
+			}
+			i++
+			continue
+		}
+		switch r := res.(type) {
+		case *pgconn.PipelineSync:
+		case *pgconn.ResultReader:
+			if _, err := r.Close(); err != nil {
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || !strings.Contains(pe.Message, `"`+lits[i]+`"`) {
+					t.Fatalf("statement %d: %.80v", i, err)
+				}
+				i++
+			}
+		case nil:
+			t.Fatalf("pipeline ended after %d of %d statements", i, n)
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

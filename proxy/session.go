@@ -112,7 +112,8 @@ type session struct {
 	unnamedSpare *stmtInfo
 	unnamedGen   uint64
 	lastBound    *stmtInfo
-	scratch      []byte
+	scratch      []byte // the session goroutine's, for client bodies over the buffer size
+	pscratch     []byte // the pump's, for server bodies (mu held); never shared with scratch
 	trace        bool   // log every message (debug level)
 	out          []byte // scratch for rewritten messages
 	// retry records a read cycle sent to a replica so that it can be
