@@ -988,12 +988,26 @@ const drvJDBCJar = "/usr/share/java/postgresql.jar"
 
 // drvRunScript runs a driver program and decodes its JSON report from
 // stdout; stderr goes to the test log on failure.
+// drvScriptEnv is cleanPGEnv with libpq's connect timeout as long as the
+// proxy's client_login_timeout here: in session mode a client connection
+// waits at login until one of the pool's drvPoolSize server connections
+// frees, i.e. until an earlier worker finished its whole workload.
+func drvScriptEnv() []string {
+	env := cleanPGEnv()
+	for i, kv := range env {
+		if strings.HasPrefix(kv, "PGCONNECT_TIMEOUT=") {
+			env[i] = "PGCONNECT_TIMEOUT=" + strconv.Itoa(int(drvTimeout/time.Second))
+		}
+	}
+	return env
+}
+
 func drvRunScript(t *testing.T, ctx context.Context, cmd *exec.Cmd) drvReport {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
-	cmd.Env = cleanPGEnv()
+	cmd.Env = drvScriptEnv()
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s", cmd.Args[0], err, stdout.String(), stderr.String())
 	}
@@ -1103,7 +1117,7 @@ func drvRunPsql(t *testing.T, ctx context.Context, env drvEnv) drvReport {
 			cmd := exec.CommandContext(ctx, cluster.Bin("psql"), "-X", "-q", "-A", "-t",
 				"-v", "ON_ERROR_STOP=0", "-v", "ON_ERROR_ROLLBACK=off", "-v", "w="+strconv.Itoa(w),
 				"-d", env.dsn, "-f", script)
-			cmd.Env = cleanPGEnv()
+			cmd.Env = drvScriptEnv()
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Run(); err != nil {
