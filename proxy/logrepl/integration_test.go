@@ -516,6 +516,13 @@ func TestSilentServer(t *testing.T) {
 	if e := f.rec.next(t, 30*time.Second, "first Reset"); !e.reset {
 		t.Fatalf("got %v, want Reset", e)
 	}
+	// Wait until changes stream: stopped earlier, inside START_REPLICATION,
+	// the walsender fails the start's own timeout instead of the silence
+	// check this test is about (seen once in make test).
+	if err := f.c.Exec(f.ctx, f.c.Primary, "INSERT INTO t VALUES (0)"); err != nil {
+		t.Fatal(err)
+	}
+	f.rec.expectChanged(t, "public.t")
 	var pid int
 	if err := f.c.QueryRow(f.ctx, f.c.Primary, "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgsluice_logrepl'", nil, &pid); err != nil {
 		t.Fatal(err)
