@@ -151,7 +151,7 @@ func (s *session) startSkipLocked(c uint64) {
 		if o.cycle != c {
 			break
 		}
-		if o.kind == opSync || o.kind == opQuery || (o.kind == opSynth && isReady(o.msg)) {
+		if o.kind == opSync || o.kind == opQuery || o.kind == opSplit || (o.kind == opSynth && isReady(o.msg)) {
 			break
 		}
 		x := s.ops.removeAt(i)
@@ -228,7 +228,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		s.emitDueLocked()
 		return nil
 	case 'C':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -248,7 +248,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		return nil
 	case 'S':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -260,7 +260,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 	case 'A':
 		return wire.Forward(s.w, b.r, n)
 	case 'E':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -295,7 +295,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		return nil
 	case 'Z':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -318,13 +318,20 @@ func (s *session) serverMessageLocked(b *backend) error {
 		s.queryDoneLocked(&x)
 		s.cacheTxEndLocked(status)
 		if x.kind != opSettings {
-			wire.WriteMessage(s.w, 'Z', body)
+			if x.kind != opSplit {
+				// A split's ReadyForQuery is the proxy's own: the
+				// client's comes with its Sync, from the next server.
+				wire.WriteMessage(s.w, 'Z', body)
+			}
 			s.txStatus = status
 			s.txn.ready(status, s.settings, b)
 			s.noteReadyLocked(status)
 		}
 		if x.kind == opSync || x.kind == opQuery {
 			s.skipping = false
+		}
+		if x.kind != opSettings && x.kind.endsWithReady() {
+			s.unsynced = false
 		}
 		s.emitDueLocked()
 		s.maybeReleaseLocked()
