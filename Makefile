@@ -71,10 +71,11 @@ bench-quick:
 	$(BIN)/pgsluice-bench -quick
 
 # soak: the long run of issue #7 against the local cluster (no -race, so
-# RSS is the proxy's own): TestSoak for SOAK_DURATION (mixed reads, writes
-# and transactions through the proxy, a replica restart in the middle;
-# checks 0 lost writes, 0 stale reads, flat RSS and goroutines; prints a
-# summary), then TestManyConnectionsAndStorm with SOAK_CONNS clients held
+# RSS is the proxy's own): TestSoak for SOAK_DURATION (mixed reads, writes,
+# transactions and cached reads through the proxy and a second instance
+# sharing Redis, a Redis restart and a replica restart in the middle;
+# checks 0 lost writes, 0 stale reads, cache hits, flat RSS and goroutines;
+# prints a summary), then TestManyConnectionsAndStorm with SOAK_CONNS clients held
 # at once and a 10 s storm of 2,000 connects/s. `make test` runs both in
 # short form (20 s, 1,000 clients, 2 s storm).
 SOAK_DURATION ?= 10m

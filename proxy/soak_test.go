@@ -9,10 +9,9 @@ package proxy_test
 //   PGSLUICE_SOAK_WORKERS   concurrent clients (default 8)
 //
 // Hooks: soakOps and soakFaults are package variables; another test file
-// adds to them in an init function. The cache work (on another branch)
-// plugs in here: a cache-hit op (a cached SELECT that must equal the
-// primary's answer right after the worker's own write) and a Redis
-// restart fault (cluster.StopRedis / StartRedis) — neither is wired yet.
+// adds to them in an init function. soak_cache_test.go adds the cache:
+// cached reads through this proxy and a second instance sharing Redis,
+// writes that invalidate them, and a Redis restart.
 
 import (
 	"context"
@@ -46,6 +45,8 @@ type soakWorker struct {
 	// reader is a connection as another role (md5u), for replica reads.
 	reader    *pgx.Conn
 	readerDSN string
+	// connB is a connection to the soak's second instance (cache reads).
+	connB *pgx.Conn
 }
 
 // soakReplicaReads counts reads a replica answered.
@@ -174,8 +175,10 @@ func rssBytes() int64 {
 // TestSoak runs the mixed workload for PGSLUICE_SOAK_DURATION with the
 // soakFaults injected, then checks: every acknowledged write is on the
 // primary; no rolled-back write is; no worker read less than it had
-// acknowledged (no stale read); errors only of the connection classes
-// the faults cause; RSS and goroutine counts of the last quarter no higher
+// acknowledged (no stale read, cached reads included); errors only of the
+// connection classes the faults cause (none during the Redis restart);
+// cache hits through both instances and both tiers, and again after the
+// Redis restart; RSS and goroutine counts of the last quarter no higher
 // than the second quarter's (with slack). It prints a summary.
 func TestSoak(t *testing.T) {
 	dur := 20 * time.Second
@@ -192,6 +195,7 @@ func TestSoak(t *testing.T) {
 	asApp(t, "DROP TABLE IF EXISTS soak_t, soak_counter; CREATE TABLE soak_t(worker int, seq int, at timestamptz DEFAULT now(), PRIMARY KEY (worker, seq)); CREATE TABLE soak_counter(worker int PRIMARY KEY, n int NOT NULL DEFAULT 0)")
 	asApp(t, "GRANT SELECT ON soak_t TO md5u")
 	asApp(t, fmt.Sprintf("INSERT INTO soak_counter(worker) SELECT g FROM generate_series(0, %d) g", workers-1))
+	sc := newSoakCache(t)
 	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -201,16 +205,22 @@ func TestSoak(t *testing.T) {
 			t.Errorf("replica restart in cleanup: %v", err)
 		}
 	})
-	dsn := startTarget(t, cluster, func(c *TargetConfig) {
+	dsn, srv := startProxy(t, cluster, func(c *TargetConfig) {
 		withReplica(c)
 		replica := c.Tweak
+		c.Registry = sc.regA
 		c.Tweak = func(cfg *config.Config) {
 			replica(cfg)
 			// Workers reconnect after a FATAL: read-your-writes must
 			// hold across their connections, so scope it to the user.
 			cfg.Routing.ReadYourWrites = "user"
+			soakCacheConfig(cfg)
 		}
 	})
+	sc.srvA = srv
+	sc.startB(t)
+	soakC = sc
+	soakErrs.Store(0)
 	probe := connect(t, ctx, dsn)
 	waitReplicaReads(t, ctx, probe)
 	probe.Close(ctx)
@@ -229,6 +239,7 @@ func TestSoak(t *testing.T) {
 	var opsDone atomic.Int64
 	soakReplicaReads.Store(0)
 	start := time.Now()
+	sc.soakStart = start
 	end := start.Add(dur)
 	ws := make([]*soakWorker, workers)
 	var wg sync.WaitGroup
@@ -245,11 +256,15 @@ func TestSoak(t *testing.T) {
 				if w.reader != nil {
 					w.reader.Close(context.Background())
 				}
+				if w.connB != nil {
+					w.connB.Close(context.Background())
+				}
 			}()
 			for time.Now().Before(end) {
 				if w.conn == nil || w.conn.IsClosed() {
 					c, err := pgx.Connect(ctx, dsn)
 					if err != nil {
+						soakErrs.Add(1)
 						mu.Lock()
 						errsByCode["connect:"+sqlStateOr(err)]++
 						firstErr["connect:"+sqlStateOr(err)] = err.Error()
@@ -278,6 +293,7 @@ func TestSoak(t *testing.T) {
 					stale = append(stale, st.Error())
 				}
 				if err != nil {
+					soakErrs.Add(1)
 					code := op.name + ":" + sqlStateOr(err)
 					errsByCode[code]++
 					if _, ok := firstErr[code]; !ok {
@@ -329,6 +345,7 @@ func TestSoak(t *testing.T) {
 	}
 
 	// ---- checks ----
+	sc.finish(t, ctx)
 	rows, err := cluster.Query(ctx, cluster.Primary, "SELECT worker, seq FROM soak_t")
 	if err != nil {
 		t.Fatal(err)
@@ -398,6 +415,7 @@ func TestSoak(t *testing.T) {
 	fmt.Fprintf(&sum, "  rolled-back writes visible: %d\n", rolledBackSeen)
 	fmt.Fprintf(&sum, "  stale reads after acknowledged writes: %d\n", len(stale))
 	fmt.Fprintf(&sum, "  client errors: %d %v\n", errTotal, errsByCode)
+	sc.summary(&sum)
 	fmt.Fprintf(&sum, "  RSS max: 2nd quarter %.1f MiB, last quarter %.1f MiB; goroutines max: %d, %d\n",
 		float64(rss2)/(1<<20), float64(rss4)/(1<<20), g2, g4)
 	t.Log(sum.String())
@@ -412,6 +430,7 @@ func TestSoak(t *testing.T) {
 	if soakReplicaReads.Load() == 0 {
 		t.Error("no read reached the replica: the replica restart proved nothing")
 	}
+	sc.check(t)
 	if lost > 0 {
 		t.Errorf("%d acknowledged writes lost, e.g. %v", lost, lostEx)
 	}
