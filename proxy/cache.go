@@ -416,7 +416,9 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	key := s.cacheKey(sig, kind, parts...)
 	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
 	defer cancel()
-	if f, ok := sc.c.Get(ctx, s.database, key); ok {
+	// The tables the entry read: Redis verifies them with the read.
+	tables := tablesOf(d)
+	if f, ok := sc.c.Get(ctx, s.database, key, tables); ok {
 		sc.lookups.WithLabelValues("hit").Inc()
 		sc.nHits.Add(1)
 		s.observeQuery(d, "cache", time.Since(start), countDataRows(f), false)
@@ -427,7 +429,7 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	if !leader {
 		stored, timedOut := sc.await(f, wait)
 		if stored {
-			if fr, ok := sc.c.Get(ctx, s.database, key); ok {
+			if fr, ok := sc.c.Get(ctx, s.database, key, tables); ok {
 				sc.flightCount(flightShared)
 				sc.lookups.WithLabelValues("shared").Inc()
 				sc.nHits.Add(1)
@@ -443,7 +445,7 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	sc.lookups.WithLabelValues("miss").Inc()
 	sc.nMisses.Add(1)
 	capture = &cacheCapture{key: key, ttl: ttl, sc: sc, flight: f}
-	gens, ok := sc.c.Generations(ctx, s.database, tablesOf(d))
+	gens, ok := sc.c.Generations(ctx, s.database, tables)
 	if !ok {
 		sc.stores.WithLabelValues("no_snapshot").Inc()
 		capture.finish(false)
