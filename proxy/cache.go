@@ -120,6 +120,15 @@ type tableRule struct {
 // Redis tier has its own, shorter timeout.
 const cacheOpTimeout = 2 * time.Second
 
+// opCtx returns the context of one lookup's cache calls. The in-process
+// tier never blocks nor reads it, so it gets no timer.
+func (sc *serverCache) opCtx() (context.Context, context.CancelFunc) {
+	if sc.backend == config.CacheMemory {
+		return context.Background(), func() {}
+	}
+	return context.WithTimeout(context.Background(), cacheOpTimeout)
+}
+
 func newServerCache(cfg config.CacheConfig, reg prometheus.Registerer, log *slog.Logger) (*serverCache, error) {
 	if cfg.Backend == config.CacheOff || cfg.Backend == "" {
 		return nil, nil
@@ -220,7 +229,16 @@ func cacheTable(t string) string {
 // fpTable is the pseudo-table every entry of one query shape also reads, so
 // that POST /cache/flush?fingerprint= can invalidate that shape. A NUL never
 // occurs in a PostgreSQL identifier.
-func fpTable(fp uint64) string { return fmt.Sprintf("\x00fp:%016x", fp) }
+func fpTable(fp uint64) string {
+	const hexDigits = "0123456789abcdef"
+	b := make([]byte, 4+16)
+	copy(b, "\x00fp:")
+	for i := 19; i >= 4; i-- {
+		b[i] = hexDigits[fp&15]
+		fp >>= 4
+	}
+	return string(b)
+}
 
 // ttlFor returns how long d's result may be cached; 0 when no rule or hint
 // asks for it.
@@ -344,6 +362,8 @@ type cacheState struct {
 	held []heldMsg
 	// tx accumulates what the current transaction wrote (mu).
 	tx cacheWrite
+	// keyBuf is cacheKey's input buffer (session goroutine).
+	keyBuf []byte
 	// memo is the decision of the last Parse text classified here, so
 	// that handleParse does not classify it again.
 	memoQuery string
@@ -372,24 +392,29 @@ func (s *session) cacheReadyLocked() (reason string) {
 }
 
 // cacheKey hashes everything that selects a result.
+// Each part is length-prefixed; the input is assembled in a buffer the
+// session keeps (session goroutine only), so a lookup allocates nothing.
 func (s *session) cacheKey(sig string, kind byte, parts ...[]byte) cachelayer.Key {
-	h := sha256.New()
-	var n [4]byte
-	put := func(b []byte) {
-		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
-		h.Write(n[:])
-		h.Write(b)
+	b := s.cache.keyBuf[:0]
+	put := func(p []byte) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
+		b = append(b, p...)
 	}
-	put([]byte(s.database))
-	put([]byte(s.user))
-	put([]byte(sig))
+	putS := func(p string) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
+		b = append(b, p...)
+	}
+	putS(s.database)
+	putS(s.user)
+	putS(sig)
 	put([]byte{kind})
 	for _, p := range parts {
 		put(p)
 	}
-	var k cachelayer.Key
-	h.Sum(k[:0])
-	return k
+	if cap(b) <= 64<<10 {
+		s.cache.keyBuf = b
+	}
+	return sha256.Sum256(b)
 }
 
 // cacheLookup decides about a statement with decision d that a rule or hint
@@ -414,10 +439,14 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	}
 	start := time.Now()
 	key := s.cacheKey(sig, kind, parts...)
-	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
+	ctx, cancel := sc.opCtx()
 	defer cancel()
-	// The tables the entry read: Redis verifies them with the read.
-	tables := tablesOf(d)
+	var tables []string
+	if sc.backend != config.CacheMemory {
+		// The tables the entry read: Redis verifies them with the read.
+		// (The in-process tier ignores them: a memory hit skips them.)
+		tables = tablesOf(d)
+	}
 	if f, ok := sc.c.Get(ctx, s.database, key, tables); ok {
 		sc.lookups.WithLabelValues("hit").Inc()
 		sc.nHits.Add(1)
@@ -428,6 +457,9 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	f, leader := sc.join(key, wait)
 	if !leader {
 		stored, timedOut := sc.await(f, wait)
+		cancel()
+		ctx, cancel = sc.opCtx() // the wait may have outlasted the first
+		defer cancel()
 		if stored {
 			if fr, ok := sc.c.Get(ctx, s.database, key, tables); ok {
 				sc.flightCount(flightShared)
@@ -445,6 +477,9 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	sc.lookups.WithLabelValues("miss").Inc()
 	sc.nMisses.Add(1)
 	capture = &cacheCapture{key: key, ttl: ttl, sc: sc, flight: f}
+	if tables == nil {
+		tables = tablesOf(d)
+	}
 	gens, ok := sc.c.Generations(ctx, s.database, tables)
 	if !ok {
 		sc.stores.WithLabelValues("no_snapshot").Inc()
