@@ -495,7 +495,8 @@ func (l *lockedBuffer) String() string {
 }
 
 // TestNoSecretsInLogsOrMetrics: with debug logging, logins with right and
-// wrong passwords (SCRAM and md5 users, a routed workload, errors) leave no
+// wrong passwords (SCRAM and md5 users, a routed workload, errors, an ALTER
+// ROLE ... PASSWORD through the proxy) leave no
 // password in the log; /metrics after a workload carrying a unique literal
 // (in queries, an error, a prepared statement, application_name) contains
 // no SQL text.
@@ -541,6 +542,11 @@ func TestNoSecretsInLogsOrMetrics(t *testing.T) {
 	}
 	if _, err := c.Exec(ctx, "BEGIN; SELECT '"+literal+"' FOR UPDATE; COMMIT"); err == nil {
 		// multi-statement through the extended protocol fails; fine either way
+	}
+	// A password in SQL (the role sets its own, unchanged) must not
+	// reach the log either, not even in debug message tracing.
+	if _, err := c.Exec(ctx, "ALTER ROLE leakcheck PASSWORD '"+pw+"'"); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := c.Prepare(ctx, literal+"_stmt", "SELECT $1::text || '"+literal+"'"); err != nil {
 		t.Fatal(err)

@@ -240,6 +240,9 @@ func TestManyClients(t *testing.T) {
 			// so give both room.
 			cfg.Pool.ConnectTimeout = 60 * time.Second
 			cfg.Pool.ClientLoginTimeout = 90 * time.Second
+			// Likewise the queue: 2,000 clients on 10 backends under
+			// -race on a loaded machine once waited past 10 s.
+			cfg.Pool.AcquireTimeout = 60 * time.Second
 		}
 	})
 	const clients = 2000

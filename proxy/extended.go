@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -90,7 +91,10 @@ func (s *session) skippingNow() bool {
 // lockAttached attaches a server connection and returns it with mu held.
 // A statement that needs the primary while the session is attached to a
 // replica outside a transaction (a pipelined write after a read) waits for
-// that connection to be released, then attaches to the primary.
+// that connection to be released, then attaches to the primary. When the
+// reads' Sync has not come yet (one pipeline: reads, then the write, then
+// Sync), the proxy ends the replica's part with a Sync of its own (see
+// splitLocked) and waits for that.
 func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 	for {
 		if err := s.attach(d); err != nil {
@@ -111,15 +115,19 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 				s.mu.Lock()
 				continue
 			}
-			if s.cycleOpenLocked() {
-				// The replica is released only after the ReadyForQuery
-				// of the client's Sync, which comes after this message:
-				// waiting would hang the session. Refuse the write
-				// clearly instead (the pipeline then skips to its Sync,
-				// as after any error). Splitting the pipeline with a Sync
-				// of the proxy's own is the better fix, not built yet.
+			if s.skipping && s.skipCycle == s.cycle {
+				// A read of this pipeline failed on the replica: the
+				// write is skipped like the rest, up to the client's
+				// Sync (which then goes to the replica).
+				s.localSkip = true
 				s.mu.Unlock()
-				return nil, errWriteInReplicaPipeline
+				return nil, errSkipToSync
+			}
+			if s.unsynced && !s.splitPendingLocked() {
+				if err := s.splitLocked(); err != nil {
+					return nil, err
+				}
+				continue
 			}
 			s.cond.Wait()
 		}
@@ -134,21 +142,41 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 	}
 }
 
-// errWriteInReplicaPipeline answers a statement that needs the primary
-// inside a pipeline (no Sync yet) whose earlier reads went to a replica.
-var errWriteInReplicaPipeline = pgerr.New(pgerr.FeatureNotSupported,
-	"pgsluice: a statement that needs the primary follows reads sent to a replica in the same pipeline; send Sync before it, start the pipeline with the write, or add /* pgsluice: route=primary */ to the reads")
+// errSkipToSync tells a message handler that the message is dropped
+// silently: the client already has the error that started the skip.
+var errSkipToSync = errors.New("pgsluice: skipping to Sync after an error")
 
-// cycleOpenLocked reports whether messages of the current Sync cycle are
-// in flight on the attached server: its ReadyForQuery, and so its release,
-// waits for the client's Sync (mu held).
-func (s *session) cycleOpenLocked() bool {
+// splitPendingLocked reports whether a split Sync awaits its ReadyForQuery.
+func (s *session) splitPendingLocked() bool {
 	for i := 0; i < s.ops.len(); i++ {
-		if o := s.ops.at(i); o.cycle == s.cycle && o.kind != opSynth {
+		if s.ops.at(i).kind == opSplit {
 			return true
 		}
 	}
 	return false
+}
+
+// splitLocked ends the part of the current pipeline that went to a
+// replica with a Sync of the proxy's own, so that the replica answers what
+// it was sent, commits its implicit read-only transaction and can be
+// released; the rest of the pipeline then goes to the primary. The
+// split's ReadyForQuery is not forwarded (the client gets one for its own
+// Sync). Called with mu held; returns with mu held unless it fails.
+func (s *session) splitLocked() error {
+	b := s.b
+	s.pushLocked(op{kind: opSplit})
+	s.inflight++
+	s.mu.Unlock()
+	s.out = wire.AppendHeader(s.out[:0], 'S', 0)
+	err := s.send(b) // recorded for a replay like the client's own messages
+	if err == nil {
+		err = s.flushServer()
+	}
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	return nil
 }
 
 // send writes s.out to b (mu not held) and ends the in-flight write.

@@ -18,11 +18,22 @@ const (
 	opFunc                    // FunctionCall: FunctionCallResponse, ReadyForQuery
 	opSettings                // settings replay injected by the proxy: all swallowed up to ReadyForQuery
 	opSynth                   // a response the proxy emits itself, in order
+	opSplit                   // Sync injected by the proxy to end a pipeline's replica part: its ReadyForQuery is swallowed
 )
 
 // endsWithReady reports whether the op completes at ReadyForQuery.
 func (k opKind) endsWithReady() bool {
-	return k == opSync || k == opQuery || k == opFunc || k == opSettings
+	return k == opSync || k == opQuery || k == opFunc || k == opSettings || k == opSplit
+}
+
+// toServerUnsynced reports whether the op is an extended-protocol message
+// sent to the server that leaves it waiting for a Sync.
+func (k opKind) toServerUnsynced() bool {
+	switch k {
+	case opParse, opParseDrop, opBind, opDescribe, opExecute, opClose, opCloseDrop:
+		return true
+	}
+	return false
 }
 
 // dropped reports whether the server's responses to the op are swallowed.

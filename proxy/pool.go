@@ -42,8 +42,9 @@ type pool struct {
 	// login whose settings were seen before needs no server connection.
 	// Guarded by mu; bounded (cleared when it grows past 1000 entries).
 	params map[string]map[string]string
-	// loginMu serialises logins that miss the params cache.
-	loginMu sync.Mutex
+	// learning holds, per settings signature, a channel closed when the
+	// login learning that signature's parameters finishes (mu).
+	learning map[string]chan struct{}
 
 	stop chan struct{}
 }
@@ -336,6 +337,44 @@ func (p *pool) cachedParams(sig string) (map[string]string, bool) {
 	defer p.mu.Unlock()
 	m, ok := p.params[sig]
 	return m, ok
+}
+
+// learnParams returns the cached parameters for sig, or makes the caller
+// the one login that learns them (learn true: call the returned done when
+// finished, whatever the outcome). Logins with the same signature wait for
+// that one until their deadline instead of each queueing for a server
+// connection; different signatures do not wait for each other.
+func (p *pool) learnParams(sig string, deadline time.Time) (params map[string]string, learn bool, done func(), err error) {
+	for {
+		p.mu.Lock()
+		if m, ok := p.params[sig]; ok {
+			p.mu.Unlock()
+			return m, false, nil, nil
+		}
+		ch, busy := p.learning[sig]
+		if !busy {
+			if p.learning == nil {
+				p.learning = map[string]chan struct{}{}
+			}
+			ch = make(chan struct{})
+			p.learning[sig] = ch
+			p.mu.Unlock()
+			return nil, true, func() {
+				p.mu.Lock()
+				delete(p.learning, sig)
+				p.mu.Unlock()
+				close(ch)
+			}, nil
+		}
+		p.mu.Unlock()
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-ch:
+			t.Stop()
+		case <-t.C:
+			return nil, false, nil, pgerr.ErrAcquireTimeout
+		}
+	}
 }
 
 // cacheParams records the parameters seen for a settings signature.

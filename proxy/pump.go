@@ -151,7 +151,7 @@ func (s *session) startSkipLocked(c uint64) {
 		if o.cycle != c {
 			break
 		}
-		if o.kind == opSync || o.kind == opQuery || (o.kind == opSynth && isReady(o.msg)) {
+		if o.kind == opSync || o.kind == opQuery || o.kind == opSplit || (o.kind == opSynth && isReady(o.msg)) {
 			break
 		}
 		x := s.ops.removeAt(i)
@@ -229,7 +229,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		s.emitDueLocked()
 		return nil
 	case 'C':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -249,7 +249,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		return nil
 	case 'S':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -261,7 +261,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 	case 'A':
 		return wire.Forward(s.w, b.r, n)
 	case 'E':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -296,7 +296,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 		}
 		return nil
 	case 'Z':
-		body, err := wire.ReadBody(b.r, n, &s.scratch)
+		body, err := wire.ReadBody(b.r, n, &s.pscratch)
 		if err != nil {
 			return err
 		}
@@ -320,13 +320,20 @@ func (s *session) serverMessageLocked(b *backend) error {
 		s.cacheCatalogChangedLocked(status)
 		s.cacheTxEndLocked(status)
 		if x.kind != opSettings {
-			wire.WriteMessage(s.w, 'Z', body)
+			if x.kind != opSplit {
+				// A split's ReadyForQuery is the proxy's own: the
+				// client's comes with its Sync, from the next server.
+				wire.WriteMessage(s.w, 'Z', body)
+			}
 			s.txStatus = status
 			s.txn.ready(status, s.settings, b)
 			s.noteReadyLocked(status)
 		}
 		if x.kind == opSync || x.kind == opQuery {
 			s.skipping = false
+		}
+		if x.kind != opSettings && x.kind.endsWithReady() {
+			s.unsynced = false
 		}
 		s.emitDueLocked()
 		s.maybeReleaseLocked()

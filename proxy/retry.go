@@ -163,7 +163,7 @@ func (s *session) disarmLocked() {
 // them: let them go.
 func (s *session) releaseHeldLocked() {
 	for i := 0; i < s.ops.len(); i++ {
-		if o := s.ops.at(i); o.cycle == s.retry.cycle && (o.kind == opSync || o.kind == opQuery || o.kind == opFunc) {
+		if o := s.ops.at(i); o.cycle == s.retry.cycle && (o.kind == opSync || o.kind == opQuery || o.kind == opFunc || o.kind == opSplit) {
 			return
 		}
 	}

@@ -80,6 +80,12 @@ type session struct {
 	// as PostgreSQL does. (mu)
 	skipping  bool
 	skipCycle uint64
+	// unsynced: extended-protocol messages went to the attached server
+	// since its last ReadyForQuery. The server may be inside an implicit
+	// transaction (an Execute commits only at Sync) or ignoring messages
+	// until Sync, whatever its last ReadyForQuery said, so the connection
+	// is not released before the next one. (mu)
+	unsynced bool
 	// cycle is the Sync cycle of the next message sent (session goroutine;
 	// read by the pump only through ops).
 	cycle uint64
@@ -106,7 +112,8 @@ type session struct {
 	unnamedSpare *stmtInfo
 	unnamedGen   uint64
 	lastBound    *stmtInfo
-	scratch      []byte
+	scratch      []byte // the session goroutine's, for client bodies over the buffer size
+	pscratch     []byte // the pump's, for server bodies (mu held); never shared with scratch
 	trace        bool   // log every message (debug level)
 	out          []byte // scratch for rewritten messages
 	// retry records a read cycle sent to a replica so that it can be
@@ -221,7 +228,9 @@ func (s *session) readFailed(err error) {
 // handle processes one client message. An error ends the session.
 func (s *session) handle(typ byte, body []byte) error {
 	if s.trace {
-		s.log.Debug("client message", "type", string(typ), "len", len(body), "body", safeBody(body))
+		// Type and length only: bodies carry literals (passwords in
+		// ALTER ROLE, personal data), which never go to the log.
+		s.log.Debug("client message", "type", string(typ), "len", len(body))
 	}
 	if s.localSkip {
 		switch typ {
@@ -337,6 +346,9 @@ func (s *session) wakePumpLocked() {
 // pushLocked queues an op and emits synthetic responses that are due.
 func (s *session) pushLocked(o op) {
 	o.cycle = s.cycle
+	if o.kind.toServerUnsynced() {
+		s.unsynced = true
+	}
 	if s.retry.rec {
 		s.recordOpLocked(o)
 	}
@@ -371,6 +383,9 @@ func (s *session) forwardWithOp(typ byte, body []byte, o op, endsCycle bool) err
 // to Sync is discarded, as PostgreSQL does. Errors that leave the session
 // unusable are returned to end it.
 func (s *session) localError(err error, atSync bool) error {
+	if err == errSkipToSync {
+		return nil
+	}
 	if isNetErr(err) && !errors.Is(err, pgerr.ErrBackendUnavailable) {
 		return err
 	}
@@ -505,13 +520,15 @@ func (s *session) maybeReleaseLocked() {
 }
 
 // safeToReleaseLocked is the one rule for giving a server connection back
-// in transaction mode: the server said ReadyForQuery 'I', nothing of the
-// client's is in flight or buffered, no COPY is running, and the session is
-// not pinned to its server connection.
+// in transaction mode: the server said ReadyForQuery 'I' and nothing was
+// sent to it since (no open implicit transaction, no skip-until-Sync),
+// nothing of the client's is in flight or buffered, no COPY is running, and
+// the session is not pinned to its server connection.
 func (s *session) safeToReleaseLocked() bool {
 	return s.cfg.Pool.Mode == config.ModeTransaction &&
 		s.pinned == routing.PinNone &&
 		s.txStatus == 'I' &&
+		!s.unsynced && !s.skipping &&
 		s.ops.len() == 0 &&
 		s.inflight == 0 &&
 		s.fatal == nil
@@ -563,7 +580,7 @@ func (s *session) cleanup() {
 	s.setStateLocked(stateClosed)
 	b := s.b
 	s.b = nil
-	clean := b != nil && s.txStatus == 'I' && s.ops.len() == 0 && s.inflight == 0 && s.fatal == nil && s.pinned == routing.PinNone
+	clean := b != nil && s.txStatus == 'I' && !s.unsynced && !s.skipping && s.ops.len() == 0 && s.inflight == 0 && s.fatal == nil && s.pinned == routing.PinNone
 	if b != nil {
 		if !clean {
 			b.broken = true
@@ -613,18 +630,3 @@ func isNetErr(err error) bool {
 }
 
 var errReleased = fmt.Errorf("server connection released")
-
-// safeBody renders a message body for debug tracing.
-func safeBody(b []byte) string {
-	if len(b) > 80 {
-		b = b[:80]
-	}
-	out := make([]byte, len(b))
-	for i, c := range b {
-		if c < 32 || c > 126 {
-			c = '.'
-		}
-		out[i] = c
-	}
-	return string(out)
-}

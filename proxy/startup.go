@@ -175,11 +175,11 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 		// A storm of first logins with the same settings: one learns the
 		// parameters, the others wait for it instead of each queueing for
 		// a server connection.
-		s.pool.loginMu.Lock()
-		defer s.pool.loginMu.Unlock()
-		if params, ok := s.pool.cachedParams(s.settings.sig); ok {
-			return params, nil
+		params, learn, done, err := s.pool.learnParams(s.settings.sig, deadline)
+		if !learn {
+			return params, err
 		}
+		defer done()
 	}
 	s.srv.waitIfPaused()
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)

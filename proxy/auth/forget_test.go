@@ -1,6 +1,9 @@
 package auth
 
-import "testing"
+import (
+	"bytes"
+	"testing"
+)
 
 // ForgetUser drops every cached key of one user and no other's.
 func TestForgetUser(t *testing.T) {
@@ -26,5 +29,47 @@ func TestForgetUser(t *testing.T) {
 	}
 	if got := keyCacheLen.Load(); got != before-2 {
 		t.Errorf("keyCacheLen %d, want %d", got, before-2)
+	}
+}
+
+// loginKeys returns what scramKeys derives, from the cache the second time,
+// keyed by password, salt and iterations; ForgetUser empties the cache.
+func TestLoginKeysCache(t *testing.T) {
+	ForgetUser("anyone") // start empty: other tests log in too
+	salt := []byte("0123456789abcdef")
+	want := func(pw string, iter int) [3][]byte {
+		s, sv, c, err := scramKeys(pw, salt, iter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return [3][]byte{s, sv, c}
+	}
+	for round := 0; round < 2; round++ {
+		for _, tc := range []struct {
+			pw   string
+			iter int
+		}{{"secret", 4096}, {"secret", 4097}, {"other", 4096}} {
+			s, sv, c, err := loginKeys(tc.pw, salt, tc.iter)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := want(tc.pw, tc.iter)
+			if !bytes.Equal(s, w[0]) || !bytes.Equal(sv, w[1]) || !bytes.Equal(c, w[2]) {
+				t.Fatalf("round %d %+v: cached keys differ from derived ones", round, tc)
+			}
+		}
+	}
+	loginKeyCache.mu.Lock()
+	n := len(loginKeyCache.m)
+	loginKeyCache.mu.Unlock()
+	if n != 3 {
+		t.Fatalf("%d cached login keys, want 3 (one per password, salt, iterations)", n)
+	}
+	ForgetUser("anyone")
+	loginKeyCache.mu.Lock()
+	n = len(loginKeyCache.m)
+	loginKeyCache.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d cached login keys after ForgetUser, want 0", n)
 	}
 }

@@ -82,6 +82,43 @@ func scramKeys(password string, salt []byte, iterations int) (stored, server, cl
 	return s[:], hmacSHA256(salted, "Server Key"), client, nil
 }
 
+// loginKeys caches scramKeys for the proxy's own logins to PostgreSQL. A
+// role's salt and iteration count stay the same until its password
+// changes, so the PBKDF2 (4,096 rounds by default, about 1 ms of CPU and
+// far more under load) runs once per (password, salt, iterations) instead
+// of on every new server connection. Entries are keyed by a hash; the map
+// is bounded and emptied by ForgetUser (configuration reloads).
+func loginKeys(password string, salt []byte, iterations int) (stored, server, client []byte, err error) {
+	h := sha256.New()
+	h.Write([]byte(password))
+	h.Write([]byte{0})
+	h.Write(salt)
+	h.Write([]byte{0, byte(iterations >> 24), byte(iterations >> 16), byte(iterations >> 8), byte(iterations)})
+	var id [32]byte
+	h.Sum(id[:0])
+	loginKeyCache.mu.Lock()
+	k, ok := loginKeyCache.m[id]
+	loginKeyCache.mu.Unlock()
+	if ok {
+		return k[0], k[1], k[2], nil
+	}
+	if stored, server, client, err = scramKeys(password, salt, iterations); err != nil {
+		return nil, nil, nil, err
+	}
+	loginKeyCache.mu.Lock()
+	if loginKeyCache.m == nil || len(loginKeyCache.m) >= 1024 {
+		loginKeyCache.m = map[[32]byte][3][]byte{}
+	}
+	loginKeyCache.m[id] = [3][]byte{stored, server, client}
+	loginKeyCache.mu.Unlock()
+	return stored, server, client, nil
+}
+
+var loginKeyCache struct {
+	mu sync.Mutex
+	m  map[[32]byte][3][]byte
+}
+
 // malformed returns the FATAL 08P01 error PostgreSQL sends for a bad SCRAM
 // message, with a detail saying what was wrong.
 func malformed(detail string, args ...any) *pgerr.Error {
@@ -397,7 +434,7 @@ func (c *SCRAMClient) ClientFinal(serverFirst []byte) ([]byte, error) {
 	if err != nil || iter < 1 || iter > maxClientIterations {
 		return nil, fmt.Errorf("auth: invalid SCRAM iteration count %q", attrs[2][2:])
 	}
-	stored, serverKey, clientKey, err := scramKeys(c.password, salt, iter)
+	stored, serverKey, clientKey, err := loginKeys(c.password, salt, iter)
 	if err != nil {
 		return nil, fmt.Errorf("auth: derive SCRAM keys: %w", err)
 	}
