@@ -343,15 +343,22 @@ func TestCacheHints(t *testing.T) {
 	}
 }
 
-// Role A never receives role B's cached rows: the same statement, in the
-// same settings, gives each role different rows (it filters on
-// current_user). Tables with row-level security are never cached
-// (TestCacheRowLevelSecurity).
+// Role A never receives role B's cached rows: the same statement, with the
+// same client settings, reads a different table for each role, because
+// md5u's role default search_path (set in the server, unknown to the proxy)
+// finds its own cache_ri first. Tables with row-level security are never
+// cached (TestCacheRowLevelSecurity).
 func TestCacheRoleIsolation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	asApp(t, `DROP TABLE IF EXISTS cache_ri; CREATE TABLE cache_ri(owner text, secret text);
-		INSERT INTO cache_ri VALUES ('app', 'app-secret'), ('md5u', 'md5u-secret'); GRANT SELECT ON cache_ri TO md5u`)
+	if err := cluster.Exec(ctx, cluster.Primary, `CREATE SCHEMA IF NOT EXISTS cache_ri_md5u AUTHORIZATION md5u;
+		DROP TABLE IF EXISTS public.cache_ri, cache_ri_md5u.cache_ri;
+		CREATE TABLE public.cache_ri(secret text); INSERT INTO public.cache_ri VALUES ('app-secret');
+		CREATE TABLE cache_ri_md5u.cache_ri(secret text); INSERT INTO cache_ri_md5u.cache_ri VALUES ('md5u-secret');
+		GRANT SELECT ON public.cache_ri TO app; GRANT SELECT ON cache_ri_md5u.cache_ri TO md5u;
+		ALTER ROLE md5u IN DATABASE app SET search_path = cache_ri_md5u, public`); err != nil {
+		t.Fatal(err)
+	}
 	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_ri"}, TTL: time.Hour}))
 	a := connect(t, ctx, dsn)
 	b := connect(t, ctx, dsnFor(t, dsn, "md5u", "md5pass", "app"))
@@ -361,7 +368,7 @@ func TestCacheRoleIsolation(t *testing.T) {
 			want string
 		}{{a, "app-secret"}, {b, "md5u-secret"}} {
 			for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
-				rows, err := x.c.Query(ctx, "SELECT secret FROM cache_ri WHERE owner = current_user", mode)
+				rows, err := x.c.Query(ctx, "SELECT secret FROM cache_ri", mode)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -90,8 +90,12 @@ func (sc *serverCache) leave(key cachelayer.Key, f *flight, stored bool) {
 // await waits for f at most wait and reports whether its leader stored a
 // result; a timeout is counted here, the other outcomes by the caller.
 func (sc *serverCache) await(f *flight, wait time.Duration) (stored, timedOut bool) {
-	sc.flightWaiting.Set(float64(sc.nWaiting.Add(1)))
-	defer func() { sc.flightWaiting.Set(float64(sc.nWaiting.Add(-1))) }()
+	sc.nWaiting.Add(1)
+	sc.flightWaiting.Inc()
+	defer func() {
+		sc.nWaiting.Add(-1)
+		sc.flightWaiting.Dec()
+	}()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {

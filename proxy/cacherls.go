@@ -111,6 +111,8 @@ type rlsCatalog struct {
 	stop  chan struct{}
 	start sync.Once
 	done  chan struct{}
+	// closeOnce: Server.Shutdown may run more than once.
+	closeOnce sync.Once
 }
 
 func newRLSCatalog() *rlsCatalog {
@@ -173,6 +175,8 @@ func (rc *rlsCatalog) current(srv *Server, name string) (*rlsSet, bool) {
 		case <-ch:
 		case <-t.C:
 		case <-rc.stop:
+			t.Stop()
+			return nil, false
 		}
 		t.Stop()
 	}
@@ -276,6 +280,10 @@ func loadRLS(srv *Server, db string, stop <-chan struct{}) (*rlsSet, error) {
 }
 
 func (rc *rlsCatalog) close() {
+	rc.closeOnce.Do(rc.closeNow)
+}
+
+func (rc *rlsCatalog) closeNow() {
 	close(rc.stop)
 	started := true
 	rc.start.Do(func() { started = false })
