@@ -18,7 +18,7 @@ func BenchmarkMemoryGetHit(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			if _, ok := m.Get(bg, "db", keys[i&1023]); !ok {
+			if _, ok := m.Get(bg, "db", keys[i&1023], nil); !ok {
 				b.Fatal("miss")
 			}
 			i++
@@ -32,13 +32,13 @@ func BenchmarkTieredGetHit(b *testing.B) {
 	srv := startRedis(b)
 	t := newTestTiered(b, srv.Addr(), RedisOptions{})
 	put(b, t, "db", "q", frames(512, 1), time.Hour, "public.a", "public.b")
-	if _, ok := t.Get(bg, "db", key("q")); !ok {
+	if _, ok := t.Get(bg, "db", key("q"), nil); !ok {
 		b.Fatal("miss")
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		if _, ok := t.Get(bg, "db", key("q")); !ok {
+		if _, ok := t.Get(bg, "db", key("q"), nil); !ok {
 			b.Fatal("miss")
 		}
 	}
@@ -52,7 +52,7 @@ func BenchmarkRedisGetHit(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		if _, ok := r.Get(bg, "db", key("q")); !ok {
+		if _, ok := r.Get(bg, "db", key("q"), nil); !ok {
 			b.Fatal("miss")
 		}
 	}

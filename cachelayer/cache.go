@@ -46,7 +46,14 @@ type Cache interface {
 	// Get returns the frames stored under key if the entry exists, has not
 	// expired and none of the tables it read has been invalidated since its
 	// snapshot. The returned slice is shared: the caller must not modify it.
-	Get(ctx context.Context, db string, key Key) (frames []byte, ok bool)
+	//
+	// tables, when not nil, are the tables the caller expects the entry to
+	// have read (what it passes to Generations when it fills that key). The
+	// Redis tier then reads the entry and the current generations of those
+	// tables in one round trip; an entry that read other tables is still
+	// checked, with a second round trip. nil means unknown (two round
+	// trips in Redis). The memory tier ignores tables.
+	Get(ctx context.Context, db string, key Key, tables []string) (frames []byte, ok bool)
 	// Set stores frames under key. The cache owns frames afterwards. The store
 	// is dropped (stored=false) when gens is not valid, when any generation in
 	// gens has moved since the snapshot, or when frames is too large.

@@ -45,8 +45,15 @@
 // and initializes missing keys to random values with a script. Random values
 // make a lost key harmless: a key evicted or lost in a Redis restart comes
 // back with a value no entry recorded, so entries that depended on it can
-// never match again. A Redis entry stores its generations next to its frames;
-// Get reads the entry, then compares its generations with one MGET.
+// never match again. A Redis entry stores its table list and generations
+// next to its frames. Get(ctx, db, key, tables) sends GET of the entry and
+// MGET of the current generations of db/tables in one pipeline (one round
+// trip) and compares them with the entry's when the entry read exactly
+// those tables; without that hint (nil), or when the entry read other
+// tables, a second MGET reads the generations the entry names. Both reads
+// start after the Get started, so the guarantee below holds either way.
+// (Entries and generation keys are in different hash slots, so a server
+// script could not read both in a cluster; the caller's hint avoids it.)
 //
 // # Guarantee
 //
@@ -67,7 +74,10 @@
 // another instance's invalidation is seen without waiting for pub/sub
 // (pub/sub only frees memory early). Single flight keeps the guarantee: a
 // waiter receives the leader's result only if the leader's Set accepted it,
-// and that check runs after every waiter joined.
+// and that check runs after every waiter joined. (The proxy, whose fills
+// capture a reply while forwarding it, has its own single flight in
+// proxy/cacheflight.go: its waiters look the key up again with Get, so the
+// guarantee is Get's.)
 //
 // The guarantee is relative to what the fill read: if the proxy runs a
 // cacheable read on a replica that has not replayed W yet, the cache stores
@@ -141,7 +151,8 @@
 // counts a memory miss and a Redis hit), bypasses_total{op,reason},
 // evictions_total{reason=lru|ttl|stale|invalidated}, invalidations_total
 // {scope=table|db|all}, set_drops_total{reason}, singleflight_total
-// {outcome=leader|shared|fallthrough|timeout}, memory_bytes, memory_entries,
+// {outcome=leader|shared|fallthrough|timeout} (the proxy adds its own
+// series with tier="proxy", hence the exported SingleFlightHelp), memory_bytes, memory_entries,
 // redis_breaker_state and redis_pending_invalidations, all prefixed with
 // pgsluice_cache_.
 package cachelayer

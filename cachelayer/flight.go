@@ -8,7 +8,7 @@ import (
 
 // flightBackend is what single flight needs from a tier.
 type flightBackend interface {
-	Get(ctx context.Context, db string, key Key) ([]byte, bool)
+	Get(ctx context.Context, db string, key Key, tables []string) ([]byte, bool)
 	Generations(ctx context.Context, db string, tables []string) (Gens, bool)
 	Set(ctx context.Context, key Key, frames []byte, gens Gens, ttl time.Duration) bool
 }
@@ -40,7 +40,7 @@ type flightCall struct {
 func (g *flightGroup) do(ctx context.Context, b flightBackend, m *metrics, wait time.Duration,
 	db string, key Key, tables []string, ttl time.Duration,
 	fill func() ([]byte, bool, error)) ([]byte, bool, error) {
-	if f, ok := b.Get(ctx, db, key); ok {
+	if f, ok := b.Get(ctx, db, key, tables); ok {
 		return f, true, nil
 	}
 	g.mu.Lock()

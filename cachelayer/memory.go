@@ -253,7 +253,7 @@ func (m *Memory) lookup(db string, key Key) *mentry {
 // Get returns the frames stored under key when the entry is live and none
 // of its tables was invalidated since its snapshot. The returned slice is
 // shared and must not be modified.
-func (m *Memory) Get(_ context.Context, db string, key Key) ([]byte, bool) {
+func (m *Memory) Get(_ context.Context, db string, key Key, _ []string) ([]byte, bool) {
 	if e := m.lookup(db, key); e != nil {
 		m.m.hit()
 		return e.frames, true

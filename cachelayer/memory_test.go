@@ -58,15 +58,15 @@ func newTestMemory(t testing.TB, opts MemoryOptions) (*Memory, *prometheus.Regis
 
 func TestMemoryGetSet(t *testing.T) {
 	m, reg := newTestMemory(t, MemoryOptions{})
-	if _, ok := m.Get(bg, "db", key("q")); ok {
+	if _, ok := m.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("hit on empty cache")
 	}
 	put(t, m, "db", "q", []byte("frames"), time.Minute, "public.t")
-	got, ok := m.Get(bg, "db", key("q"))
+	got, ok := m.Get(bg, "db", key("q"), nil)
 	if !ok || string(got) != "frames" {
 		t.Fatalf("Get = %q, %v", got, ok)
 	}
-	if _, ok := m.Get(bg, "other", key("q")); ok {
+	if _, ok := m.Get(bg, "other", key("q"), nil); ok {
 		t.Fatal("entry served for another database")
 	}
 	st := m.Stats()
@@ -93,7 +93,7 @@ func TestMemoryLRUBudget(t *testing.T) {
 		t.Fatalf("full cache stats = %+v", st)
 	}
 	// Touch 0 so that 1 becomes the least recently used.
-	if _, ok := m.Get(bg, "db", key("0")); !ok {
+	if _, ok := m.Get(bg, "db", key("0"), nil); !ok {
 		t.Fatal("0 missing")
 	}
 	put(t, m, "db", "new1", frames(100, 1), time.Minute, "t")
@@ -102,7 +102,7 @@ func TestMemoryLRUBudget(t *testing.T) {
 		k    string
 		want bool
 	}{{"0", true}, {"1", false}, {"2", false}, {"3", true}, {"9", true}, {"new1", true}, {"new2", true}} {
-		if _, ok := m.Get(bg, "db", key(tc.k)); ok != tc.want {
+		if _, ok := m.Get(bg, "db", key(tc.k), nil); ok != tc.want {
 			t.Errorf("Get(%s) = %v, want %v", tc.k, ok, tc.want)
 		}
 	}
@@ -141,14 +141,14 @@ func TestMemoryTTL(t *testing.T) {
 	put(t, m, "db", "default", []byte("b"), 0, "t")
 	put(t, m, "db", "swept", []byte("c"), 10*time.Second, "t")
 	clk.Advance(9 * time.Second)
-	if _, ok := m.Get(bg, "db", key("short")); !ok {
+	if _, ok := m.Get(bg, "db", key("short"), nil); !ok {
 		t.Fatal("expired too early")
 	}
 	clk.Advance(time.Second)
-	if _, ok := m.Get(bg, "db", key("short")); ok {
+	if _, ok := m.Get(bg, "db", key("short"), nil); ok {
 		t.Fatal("served after TTL")
 	}
-	if _, ok := m.Get(bg, "db", key("default")); !ok {
+	if _, ok := m.Get(bg, "db", key("default"), nil); !ok {
 		t.Fatal("default TTL entry expired early")
 	}
 	m.sweep() // removes "swept" without a Get
@@ -159,7 +159,7 @@ func TestMemoryTTL(t *testing.T) {
 		t.Fatalf("ttl evictions = %v", v)
 	}
 	clk.Advance(20 * time.Second)
-	if _, ok := m.Get(bg, "db", key("default")); ok {
+	if _, ok := m.Get(bg, "db", key("default"), nil); ok {
 		t.Fatal("served after default TTL")
 	}
 }
@@ -201,7 +201,7 @@ func TestMemoryInvalidation(t *testing.T) {
 				want[k] = true
 			}
 			for k, e := range entries {
-				if _, ok := m.Get(bg, e.db, key(k)); ok != want[k] {
+				if _, ok := m.Get(bg, e.db, key(k), nil); ok != want[k] {
 					t.Errorf("Get(%s) = %v, want %v", k, ok, want[k])
 				}
 			}
@@ -210,7 +210,7 @@ func TestMemoryInvalidation(t *testing.T) {
 			}
 			// New entries for invalidated tables are cacheable again.
 			put(t, m, "db1", "again", []byte("x"), time.Minute, "a")
-			if _, ok := m.Get(bg, "db1", key("again")); !ok {
+			if _, ok := m.Get(bg, "db1", key("again"), nil); !ok {
 				t.Error("entry stored after invalidation not served")
 			}
 		})
@@ -226,7 +226,7 @@ func TestMemoryGenerationsRace(t *testing.T) {
 	if m.Set(bg, key("q"), []byte("old"), g, time.Minute) {
 		t.Fatal("Set accepted a snapshot taken before an invalidation")
 	}
-	if _, ok := m.Get(bg, "db", key("q")); ok {
+	if _, ok := m.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("stale result served")
 	}
 	if v := testutil.ToFloat64(m.m.setDrops.WithLabelValues("generation_moved")); v != 1 {
@@ -279,7 +279,7 @@ func TestMemoryGenerationsRaceConcurrent(t *testing.T) {
 	m.Invalidate(bg, "db", []string{"t"})
 	for w := range 4 {
 		for i := range 50 {
-			if _, ok := m.Get(bg, "db", key(fmt.Sprint(w, i))); ok {
+			if _, ok := m.Get(bg, "db", key(fmt.Sprint(w, i)), nil); ok {
 				t.Fatalf("entry %d/%d served after invalidation", w, i)
 			}
 		}
@@ -373,14 +373,14 @@ func TestDoWaitTimeoutAndErrors(t *testing.T) {
 	if _, _, err := m.Do(bg, "db", key("e"), nil, time.Minute, func() ([]byte, bool, error) { return nil, true, boom }); !errors.Is(err, boom) {
 		t.Fatalf("err = %v", err)
 	}
-	if _, ok := m.Get(bg, "db", key("e")); ok {
+	if _, ok := m.Get(bg, "db", key("e"), nil); ok {
 		t.Fatal("failed fill cached")
 	}
 	// Not cacheable: returned, not cached.
 	if f, _, _ := m.Do(bg, "db", key("nc"), nil, time.Minute, func() ([]byte, bool, error) { return []byte("x"), false, nil }); string(f) != "x" {
 		t.Fatal("uncacheable result not returned")
 	}
-	if _, ok := m.Get(bg, "db", key("nc")); ok {
+	if _, ok := m.Get(bg, "db", key("nc"), nil); ok {
 		t.Fatal("uncacheable result cached")
 	}
 }

@@ -18,6 +18,12 @@ const (
 	reasonCorrupt      = "corrupt"      // a stored entry or generation could not be decoded
 )
 
+// SingleFlightHelp is the help text of pgsluice_cache_singleflight_total.
+// The proxy, whose fills do not go through Do, counts its own single flight
+// in the same family under tier="proxy"; a registry accepts both only if
+// their help texts are identical.
+const SingleFlightHelp = "Cache fills by single-flight outcome (leader, shared, fallthrough, timeout)."
+
 // metrics holds one tier's collectors plus atomic mirrors used by Stats. All
 // collectors carry a constant label tier=<memory|redis> so several tiers can
 // share one registry.
@@ -68,7 +74,7 @@ func newMetrics(tier string, reg prometheus.Registerer) *metrics {
 		evictions:     cv("evictions_total", "Entries removed from this tier, by reason.", "reason"),
 		invalidations: cv("invalidations_total", "Invalidations applied, by scope (table, db, all).", "scope"),
 		setDrops:      cv("set_drops_total", "Results not stored, by reason.", "reason"),
-		flight:        cv("singleflight_total", "Do calls by single-flight outcome.", "outcome"),
+		flight:        cv("singleflight_total", SingleFlightHelp, "outcome"),
 		bytes:         g("memory", "memory_bytes", "Bytes held by the in-process tier."),
 		entries:       g("memory", "memory_entries", "Entries held by the in-process tier."),
 		breakerState:  g("redis", "redis_breaker_state", "Redis circuit breaker state: 0 closed, 1 half-open, 2 open."),

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -395,13 +396,31 @@ func (r *Redis) Generations(ctx context.Context, db string, tables []string) (Ge
 	return Gens{db: db, tables: t, remote: remote, at: at}, true
 }
 
-// fetch reads and decodes the entry for key; found is false on a miss or
-// when Redis cannot be reached (ok=false).
-func (r *Redis) fetch(ctx context.Context, key Key) (e redisEntry, ttl time.Duration, found, ok bool) {
+// fetched is what fetch read: the entry and, when the caller named the
+// tables it expects the entry to have read, their current generations.
+type fetched struct {
+	e     redisEntry
+	ttl   time.Duration
+	found bool
+	// hint is the normalized table list whose generations were read with
+	// the entry (nil: none were); gens are their values, nil when one is
+	// missing or malformed (such an entry can never match).
+	hint []string
+	gens []uint64
+}
+
+// fetch reads and decodes the entry for key and, when hint (normalized) is
+// not nil, the current generations of db/hint, in one pipeline: one round
+// trip. found is false on a miss; ok is false when Redis cannot be reached.
+func (r *Redis) fetch(ctx context.Context, key Key, db string, hint []string) (f fetched, ok bool) {
 	ok = r.call(ctx, "get", func(ctx context.Context) error {
 		pipe := r.client.Pipeline()
 		get := pipe.Get(ctx, r.entryKey(key))
 		pttl := pipe.PTTL(ctx, r.entryKey(key))
+		var mget *redis.SliceCmd
+		if hint != nil {
+			mget = pipe.MGet(ctx, r.genKeys(db, hint)...)
+		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
@@ -412,28 +431,58 @@ func (r *Redis) fetch(ctx context.Context, key Key) (e redisEntry, ttl time.Dura
 		if err != nil {
 			return err
 		}
-		if e, err = decodeEntry(b); err != nil {
+		if f.e, err = decodeEntry(b); err != nil {
 			r.m.bypass("get", reasonCorrupt)
 			return nil
 		}
-		ttl, found = pttl.Val(), true
+		f.ttl, f.found = pttl.Val(), true
+		if mget != nil {
+			f.hint = hint
+			f.gens, _ = parseGens(mget.Val())
+		}
 		return nil
 	})
-	return e, ttl, found && ok, ok
+	f.found = f.found && ok
+	return f, ok
+}
+
+// verify reports whether a fetched entry's Redis generations are current:
+// from the generations read with it when they are those of its tables, else
+// with a second round trip. equal is meaningful only when ok.
+//
+// Reading the generations in the same pipeline as the entry keeps the
+// guarantee (doc.go): both reads start after the Get started, so after any
+// invalidation that returned before it; an entry is served only if the
+// generations it recorded equal values read then.
+func (r *Redis) verify(ctx context.Context, f fetched) (equal, ok bool) {
+	if f.hint != nil && slices.Equal(f.hint, f.e.tables) {
+		return f.gens != nil && slicesEqual(f.gens, f.e.remote), true
+	}
+	return r.current(ctx, "get", f.e.db, f.e.tables, f.e.remote)
+}
+
+// hintOf normalizes a Get's tables hint (nil stays nil).
+func hintOf(tables []string) []string {
+	if tables == nil {
+		return nil
+	}
+	return normTables(tables)
 }
 
 // Get returns the frames stored in Redis under key if their generations are
-// still current. Redis trouble is a miss counted as a bypass.
-func (r *Redis) Get(ctx context.Context, db string, key Key) ([]byte, bool) {
-	e, _, found, ok := r.fetch(ctx, key)
+// still current. Redis trouble is a miss counted as a bypass. With tables
+// (see Cache.Get), a hit costs one round trip.
+func (r *Redis) Get(ctx context.Context, db string, key Key, tables []string) ([]byte, bool) {
+	f, ok := r.fetch(ctx, key, db, hintOf(tables))
 	if !ok {
 		return nil, false
 	}
-	if !found || e.db != db {
+	e := f.e
+	if !f.found || e.db != db {
 		r.m.miss()
 		return nil, false
 	}
-	equal, ok := r.current(ctx, "get", e.db, e.tables, e.remote)
+	equal, ok := r.verify(ctx, f)
 	if !ok {
 		return nil, false
 	}

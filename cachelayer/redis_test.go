@@ -92,10 +92,10 @@ func TestRedisSetGetInvalidate(t *testing.T) {
 	put(t, r, "db1", "ab", []byte("AB"), time.Minute, "a", "b")
 	put(t, r, "db1", "b", []byte("B"), time.Minute, "b")
 	put(t, r, "db2", "a", []byte("2A"), time.Minute, "a") // same key string, other db: overwrites "a"
-	if f, ok := r.Get(bg, "db2", key("a")); !ok || string(f) != "2A" {
+	if f, ok := r.Get(bg, "db2", key("a"), nil); !ok || string(f) != "2A" {
 		t.Fatalf("Get = %q %v", f, ok)
 	}
-	if _, ok := r.Get(bg, "db1", key("a")); ok {
+	if _, ok := r.Get(bg, "db1", key("a"), nil); ok {
 		t.Fatal("entry of db2 served for db1")
 	}
 	put(t, r, "db1", "a", []byte("A"), time.Minute, "a")
@@ -106,19 +106,19 @@ func TestRedisSetGetInvalidate(t *testing.T) {
 		db, k string
 		want  bool
 	}{{"db1", "a", false}, {"db1", "ab", false}, {"db1", "b", true}, {"db2", "a2", true}} {
-		if _, ok := r.Get(bg, tc.db, key(tc.k)); ok != tc.want {
+		if _, ok := r.Get(bg, tc.db, key(tc.k), nil); ok != tc.want {
 			t.Errorf("after Invalidate: Get(%s/%s) = %v, want %v", tc.db, tc.k, ok, tc.want)
 		}
 	}
 	r.FlushDB(bg, "db1")
-	if _, ok := r.Get(bg, "db1", key("b")); ok {
+	if _, ok := r.Get(bg, "db1", key("b"), nil); ok {
 		t.Error("db1 entry served after FlushDB")
 	}
-	if _, ok := r.Get(bg, "db2", key("a2")); !ok {
+	if _, ok := r.Get(bg, "db2", key("a2"), nil); !ok {
 		t.Error("db2 entry lost by FlushDB(db1)")
 	}
 	r.FlushAll(bg)
-	if _, ok := r.Get(bg, "db2", key("a2")); ok {
+	if _, ok := r.Get(bg, "db2", key("a2"), nil); ok {
 		t.Error("entry served after FlushAll")
 	}
 
@@ -153,24 +153,24 @@ func TestRedisGenerationKeyLoss(t *testing.T) {
 	if err := raw.Del(bg, tk).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := r.Get(bg, "db", key("q")); ok {
+	if _, ok := r.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("entry served although its generation key vanished")
 	}
 	if _, ok := r.Generations(bg, "db", []string{"t"}); !ok { // re-creates the key
 		t.Fatal("snapshot failed")
 	}
-	if _, ok := r.Get(bg, "db", key("q")); ok {
+	if _, ok := r.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("entry served after its generation key was re-created")
 	}
 	// Garbage in a generation key is a miss, not an error.
 	put(t, r, "db", "q2", []byte("v"), time.Minute, "t")
 	raw.Set(bg, tk, "garbage", 0)
-	if _, ok := r.Get(bg, "db", key("q2")); ok {
+	if _, ok := r.Get(bg, "db", key("q2"), nil); ok {
 		t.Fatal("entry served with malformed generation")
 	}
 	// A corrupt entry is a miss.
 	raw.Set(bg, r.entryKey(key("bad")), "\x07junk", time.Minute)
-	if _, ok := r.Get(bg, "db", key("bad")); ok {
+	if _, ok := r.Get(bg, "db", key("bad"), nil); ok {
 		t.Fatal("corrupt entry served")
 	}
 }
@@ -182,10 +182,10 @@ func TestTieredTwoInstances(t *testing.T) {
 	b := newTestTiered(t, srv.Addr(), RedisOptions{})
 	put(t, a, "db", "q", []byte("v1"), time.Minute, "public.t")
 	// B finds it in Redis and copies it into its memory tier.
-	if f, ok := b.Get(bg, "db", key("q")); !ok || string(f) != "v1" {
+	if f, ok := b.Get(bg, "db", key("q"), nil); !ok || string(f) != "v1" {
 		t.Fatalf("B Get = %q %v", f, ok)
 	}
-	if f, ok := b.Get(bg, "db", key("q")); !ok || string(f) != "v1" {
+	if f, ok := b.Get(bg, "db", key("q"), nil); !ok || string(f) != "v1" {
 		t.Fatalf("B second Get = %q %v", f, ok)
 	}
 	if h := testutil.ToFloat64(b.mem.m.hits); h != 1 {
@@ -194,20 +194,20 @@ func TestTieredTwoInstances(t *testing.T) {
 	if h := testutil.ToFloat64(a.mem.m.hits); h != 0 {
 		t.Fatalf("A memory hits = %v, want 0", h)
 	}
-	if f, ok := a.Get(bg, "db", key("q")); !ok || string(f) != "v1" {
+	if f, ok := a.Get(bg, "db", key("q"), nil); !ok || string(f) != "v1" {
 		t.Fatalf("A Get = %q %v", f, ok)
 	}
 	a.Invalidate(bg, "db", []string{"public.t"})
 	// No waiting for pub/sub: B's Get checks Redis generations.
-	if _, ok := b.Get(bg, "db", key("q")); ok {
+	if _, ok := b.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("B served an entry A invalidated")
 	}
-	if _, ok := a.Get(bg, "db", key("q")); ok {
+	if _, ok := a.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("A served an entry it invalidated")
 	}
 	// Pub/sub frees B's memory entries eagerly (B never looked them up).
 	put(t, a, "db", "q2", []byte("v2"), time.Minute, "public.u")
-	if _, ok := b.Get(bg, "db", key("q2")); !ok {
+	if _, ok := b.Get(bg, "db", key("q2"), nil); !ok {
 		t.Fatal("B miss on q2")
 	}
 	if b.mem.Stats().Entries != 1 {
@@ -218,12 +218,12 @@ func TestTieredTwoInstances(t *testing.T) {
 	// FlushDB and FlushAll through A reach B too.
 	put(t, b, "db", "q3", []byte("v3"), time.Minute, "x")
 	a.FlushDB(bg, "db")
-	if _, ok := b.Get(bg, "db", key("q3")); ok {
+	if _, ok := b.Get(bg, "db", key("q3"), nil); ok {
 		t.Fatal("B served after A.FlushDB")
 	}
 	put(t, b, "db", "q4", []byte("v4"), time.Minute, "x")
 	a.FlushAll(bg)
-	if _, ok := b.Get(bg, "db", key("q4")); ok {
+	if _, ok := b.Get(bg, "db", key("q4"), nil); ok {
 		t.Fatal("B served after A.FlushAll")
 	}
 	if st := b.Stats(); st.Bypasses != 0 {
@@ -259,7 +259,7 @@ func TestTieredRedisKilledAndRestarted(t *testing.T) {
 	put(t, a, "db", "keep", []byte("k"), time.Minute, "t1")
 	put(t, a, "db", "drop", []byte("d"), time.Minute, "t2")
 	for _, k := range []string{"keep", "drop"} {
-		if _, ok := a.Get(bg, "db", key(k)); !ok {
+		if _, ok := a.Get(bg, "db", key(k), nil); !ok {
 			t.Fatalf("%s not cached", k)
 		}
 	}
@@ -268,11 +268,11 @@ func TestTieredRedisKilledAndRestarted(t *testing.T) {
 
 	// Within the stale bound, verified memory entries are still served;
 	// local invalidations apply at once.
-	if _, ok := a.Get(bg, "db", key("keep")); !ok && time.Since(killed) < staleBound/2 {
+	if _, ok := a.Get(bg, "db", key("keep"), nil); !ok && time.Since(killed) < staleBound/2 {
 		t.Fatal("memory entry not served within the stale bound")
 	}
 	a.Invalidate(bg, "db", []string{"t2"})
-	if _, ok := a.Get(bg, "db", key("drop")); ok {
+	if _, ok := a.Get(bg, "db", key("drop"), nil); ok {
 		t.Fatal("locally invalidated entry served during outage")
 	}
 	if n := testutil.ToFloat64(a.r.m.pending); n != 1 {
@@ -282,7 +282,7 @@ func TestTieredRedisKilledAndRestarted(t *testing.T) {
 	time.Sleep(staleBound)
 	for i := 0; i < 200; i++ {
 		for _, c := range []Cache{a, b} {
-			if _, ok := c.Get(bg, "db", key("keep")); ok {
+			if _, ok := c.Get(bg, "db", key("keep"), nil); ok {
 				t.Fatal("entry served beyond the stale bound during outage")
 			}
 			if g, ok := c.Generations(bg, "db", []string{"t1"}); ok || c.Set(bg, key("new"), []byte("n"), g, time.Minute) {
@@ -323,7 +323,7 @@ func TestTieredRedisKilledAndRestarted(t *testing.T) {
 	}
 	// Entries verified before the outage are not trusted again: Redis came
 	// back empty, so their generations cannot match.
-	if _, ok := a.Get(bg, "db", key("keep")); ok {
+	if _, ok := a.Get(bg, "db", key("keep"), nil); ok {
 		t.Fatal("pre-outage entry served after Redis lost its data")
 	}
 	// go-redis keeps returning its last dial error for up to a second after
@@ -335,11 +335,11 @@ func TestTieredRedisKilledAndRestarted(t *testing.T) {
 		})
 	}
 	put(t, a, "db", "after", []byte("x"), time.Minute, "t1")
-	if f, ok := b.Get(bg, "db", key("after")); !ok || string(f) != "x" {
+	if f, ok := b.Get(bg, "db", key("after"), nil); !ok || string(f) != "x" {
 		t.Fatalf("B after recovery = %q %v", f, ok)
 	}
 	a.Invalidate(bg, "db", []string{"t1"})
-	if _, ok := b.Get(bg, "db", key("after")); ok {
+	if _, ok := b.Get(bg, "db", key("after"), nil); ok {
 		t.Fatal("invalidation after recovery not seen by B")
 	}
 }
@@ -370,7 +370,7 @@ func TestRedisPendingInvalidationResent(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "pending invalidation flushed", func() bool { return a.r.pendingN.Load() == 0 })
-	if _, ok := b.Get(bg, "db", key("q")); ok {
+	if _, ok := b.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("B served an entry invalidated during the outage")
 	}
 }
@@ -394,7 +394,7 @@ func TestRedisOOM(t *testing.T) {
 	if !oom {
 		t.Fatal("Redis never refused a write")
 	}
-	if _, ok := r.Get(bg, "db", key("small")); !ok {
+	if _, ok := r.Get(bg, "db", key("small"), nil); !ok {
 		t.Fatal("read failed while Redis is out of memory")
 	}
 	if !r.br.isClosed() {
@@ -408,7 +408,7 @@ func TestRedisSlow(t *testing.T) {
 	r := newTestRedis(t, RedisOptions{Addr: srv.Addr(), Timeout: 20 * time.Millisecond, BreakerThreshold: 1000})
 	put(t, r, "db", "q", []byte("v"), time.Minute)
 	// Warm the pool so the pause hits reads, not dials.
-	r.Get(bg, "db", key("q"))
+	r.Get(bg, "db", key("q"), nil)
 	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +416,7 @@ func TestRedisSlow(t *testing.T) {
 	start := time.Now()
 	const n = 5
 	for range n {
-		if _, ok := r.Get(bg, "db", key("q")); ok {
+		if _, ok := r.Get(bg, "db", key("q"), nil); ok {
 			t.Fatal("hit from a paused Redis")
 		}
 	}
@@ -437,7 +437,7 @@ func TestMetricsRegistered(t *testing.T) {
 	}
 	c := NewTiered(NewMemory(MemoryOptions{}, reg), r)
 	defer c.Close()
-	c.Get(bg, "db", key("q")) // unreachable Redis: a bypass, no error
+	c.Get(bg, "db", key("q"), nil) // unreachable Redis: a bypass, no error
 	c.Invalidate(bg, "db", []string{"t"})
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Fatalf("lint: %v %v", problems, err)

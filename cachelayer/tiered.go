@@ -2,6 +2,7 @@ package cachelayer
 
 import (
 	"context"
+	"slices"
 	"time"
 )
 
@@ -60,7 +61,7 @@ func (t *Tiered) Generations(ctx context.Context, db string, tables []string) (G
 
 // Get serves from memory when the entry is verified (see Tiered), else from
 // Redis, copying a verified Redis entry into memory.
-func (t *Tiered) Get(ctx context.Context, db string, key Key) ([]byte, bool) {
+func (t *Tiered) Get(ctx context.Context, db string, key Key, tables []string) ([]byte, bool) {
 	if e := t.mem.lookup(db, key); e != nil {
 		equal, ok := t.r.current(ctx, "get", e.db, e.tables, e.remote)
 		now := t.mem.opts.Now().UnixNano()
@@ -81,20 +82,30 @@ func (t *Tiered) Get(ctx context.Context, db string, key Key) ([]byte, bool) {
 		}
 	}
 	t.mem.m.miss()
-	re, ttl, found, ok := t.r.fetch(ctx, key)
-	if !ok {
-		return nil, false
-	}
-	if !found || re.db != db {
-		t.r.m.miss()
-		return nil, false
-	}
 	// The local snapshot precedes the verification: a local invalidation
 	// after it makes the memory copy stale; one before it has reached Redis
 	// (or is pending, and pending invalidations are re-sent before the
-	// verification) and so fails the verification.
-	local := t.mem.gens.snapshot(re.db, re.tables)
-	equal, ok := t.r.current(ctx, "get", re.db, re.tables, re.remote)
+	// verification) and so fails the verification. With a tables hint the
+	// verification travels with the read (one round trip), so the snapshot
+	// of the hinted tables is taken first.
+	hint := hintOf(tables)
+	var local []uint64
+	if hint != nil {
+		local = t.mem.gens.snapshot(db, hint)
+	}
+	f, ok := t.r.fetch(ctx, key, db, hint)
+	if !ok {
+		return nil, false
+	}
+	re, ttl := f.e, f.ttl
+	if !f.found || re.db != db {
+		t.r.m.miss()
+		return nil, false
+	}
+	if hint == nil || !slices.Equal(hint, re.tables) {
+		local = t.mem.gens.snapshot(re.db, re.tables)
+	}
+	equal, ok := t.r.verify(ctx, f)
 	if !ok {
 		return nil, false
 	}

@@ -35,11 +35,11 @@ func TestRedisClusterForm(t *testing.T) {
 	}
 	a, b := newCluster(), newCluster()
 	put(t, a, "db", "q", []byte("v"), time.Minute, "public.a", "public.b", "public.c")
-	if f, ok := b.Get(bg, "db", key("q")); !ok || string(f) != "v" {
+	if f, ok := b.Get(bg, "db", key("q"), nil); !ok || string(f) != "v" {
 		t.Fatalf("B Get = %q %v", f, ok)
 	}
 	a.Invalidate(bg, "db", []string{"public.c", "public.a"})
-	if _, ok := b.Get(bg, "db", key("q")); ok {
+	if _, ok := b.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("B served after A.Invalidate")
 	}
 	a.FlushDB(bg, "db")
@@ -72,7 +72,7 @@ func TestRedisSentinelForm(t *testing.T) {
 		return ok
 	})
 	put(t, r, "db", "q", []byte("v"), time.Minute, "t")
-	if f, ok := r.Get(bg, "db", key("q")); !ok || string(f) != "v" {
+	if f, ok := r.Get(bg, "db", key("q"), nil); !ok || string(f) != "v" {
 		t.Fatalf("Get = %q %v", f, ok)
 	}
 	// The entry really is on the monitored master.
@@ -80,7 +80,7 @@ func TestRedisSentinelForm(t *testing.T) {
 		t.Fatalf("entry not on master (EXISTS=%d)", n)
 	}
 	r.Invalidate(bg, "db", []string{"t"})
-	if _, ok := r.Get(bg, "db", key("q")); ok {
+	if _, ok := r.Get(bg, "db", key("q"), nil); ok {
 		t.Fatal("served after Invalidate")
 	}
 }

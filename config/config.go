@@ -183,6 +183,10 @@ type CacheConfig struct {
 	// cache: flush (the database's entries) or ignore.
 	OnOpaqueWrite string                  `mapstructure:"on_opaque_write" yaml:"on_opaque_write"`
 	Invalidation  CacheInvalidationConfig `mapstructure:"invalidation" yaml:"invalidation"`
+	// FlightWait bounds how long a cache miss waits for another client's
+	// fill of the same key (single flight) before running the statement
+	// itself.
+	FlightWait time.Duration `mapstructure:"flight_wait" yaml:"flight_wait"`
 }
 
 // CacheRedisConfig locates the shared Redis: Addr (standalone), Addrs

@@ -62,6 +62,7 @@ func Default() Config {
 			Redis:         CacheRedisConfig{Timeout: 20 * time.Millisecond, KeyPrefix: "pgsluice"},
 			OnOpaqueWrite: "flush",
 			Invalidation:  CacheInvalidationConfig{Publication: "pgsluice_cache"},
+			FlightWait:    time.Second,
 		},
 		Metrics: MetricsConfig{MaxFingerprints: 200, SlowQueryThreshold: time.Second},
 	}
@@ -483,6 +484,9 @@ func (c CacheConfig) problems() []string {
 		if r.TTL <= 0 {
 			add(key+".ttl", "want a positive duration such as 60s, got %s", r.TTL)
 		}
+	}
+	if c.FlightWait <= 0 {
+		add("flight_wait", "want a positive duration such as 1s, got %s", c.FlightWait)
 	}
 	switch c.OnOpaqueWrite {
 	case "flush", "ignore":

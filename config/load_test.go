@@ -124,12 +124,14 @@ cache:
     - fingerprint: 2fcd54e4a1b8c0f3
       ttl: 10s
   on_opaque_write: ignore
+  flight_wait: 250ms
   invalidation: {logical_replication: true, slot: s1, publication: p1}
 `,
 			check: func(t *testing.T, c Config) {
 				cc := c.Cache
 				if cc.Backend != CacheTiered || cc.MaxBytes != 256<<20 || cc.MaxEntryBytes != 1<<20 || cc.Redis.Addr != "127.0.0.1:6379" ||
-					cc.Redis.Password != "s3cret" || cc.Redis.Timeout != 20*time.Millisecond || cc.OnOpaqueWrite != "ignore" {
+					cc.Redis.Password != "s3cret" || cc.Redis.Timeout != 20*time.Millisecond || cc.OnOpaqueWrite != "ignore" ||
+					cc.FlightWait != 250*time.Millisecond {
 					t.Errorf("cache = %+v", cc)
 				}
 				if len(cc.Rules) != 2 || cc.Rules[0].TTL != time.Minute || len(cc.Rules[0].Tables) != 2 || cc.Rules[1].Fingerprint != "2fcd54e4a1b8c0f3" {
@@ -151,7 +153,8 @@ cache:
 			check: func(t *testing.T, c Config) {
 				cc := c.Cache
 				if cc.Backend != CacheMemory || cc.MaxBytes != 256<<20 || cc.MaxEntryBytes != 1<<20 || len(cc.Rules) != 0 ||
-					cc.OnOpaqueWrite != "flush" || cc.Redis.Timeout != 20*time.Millisecond || cc.Invalidation.LogicalReplication {
+					cc.OnOpaqueWrite != "flush" || cc.Redis.Timeout != 20*time.Millisecond || cc.Invalidation.LogicalReplication ||
+					cc.FlightWait != time.Second {
 					t.Errorf("cache defaults = %+v", cc)
 				}
 			},
@@ -169,11 +172,12 @@ cache:
     - {fingerprint: xyz, ttl: 0s}
     - {tables: [a], fingerprint: 2fcd54e4a1b8c0f3, ttl: 1s}
   on_opaque_write: panic
+  flight_wait: -1s
   invalidation: {logical_replication: true, slot: "Bad-Slot", publication: ""}
 `,
 			wantErr: []string{"cache.max_entry_bytes", "cache.redis.addr: required", "cache.redis.timeout", "cache.rules[0]: needs tables or fingerprint",
 				"cache.rules[1].fingerprint: want 16 hex digits", "cache.rules[1].ttl", "cache.rules[2]: set tables or fingerprint, not both",
-				"cache.on_opaque_write", "cache.invalidation.slot: use 1-63", "cache.invalidation.publication"},
+				"cache.on_opaque_write", "cache.flight_wait: want a positive duration", "cache.invalidation.slot: use 1-63", "cache.invalidation.publication"},
 		},
 		{
 			name:    "cache backend and rule keys are checked",

@@ -65,45 +65,16 @@ type serverCache struct {
 	nSkipped atomic.Uint64
 	nStored  atomic.Uint64
 
-	// flights are the fills in progress, by key: a concurrent miss of
-	// the same key waits for the fill (at most flightWait) and looks
-	// again instead of running the statement too.
-	flightMu sync.Mutex
-	flights  map[cachelayer.Key]*flight
-}
+	// flights are the fills in progress (cacheflight.go).
+	flightMu      sync.Mutex
+	flights       map[cachelayer.Key]*flight
+	flightOut     *prometheus.CounterVec // outcome: leader | shared | fallthrough | timeout
+	flightWaiting prometheus.Gauge
+	nFlight       [flightOutcomes]atomic.Uint64
+	nWaiting      atomic.Int64
 
-// flight is one fill in progress; done is closed when its result is
-// stored or known not to be.
-type flight struct {
-	done    chan struct{}
-	started time.Time
-}
-
-// flightWait bounds how long a miss waits for another client's fill of the
-// same key. A leader whose fill never completes (its client left) is
-// replaced after it.
-const flightWait = time.Second
-
-// join returns the flight of key and whether the caller leads it.
-func (sc *serverCache) join(key cachelayer.Key) (*flight, bool) {
-	sc.flightMu.Lock()
-	defer sc.flightMu.Unlock()
-	if f := sc.flights[key]; f != nil && time.Since(f.started) < flightWait {
-		return f, false
-	}
-	f := &flight{done: make(chan struct{}), started: time.Now()}
-	sc.flights[key] = f
-	return f, true
-}
-
-// leave ends a flight.
-func (sc *serverCache) leave(key cachelayer.Key, f *flight) {
-	sc.flightMu.Lock()
-	if sc.flights[key] == f {
-		delete(sc.flights, key)
-	}
-	sc.flightMu.Unlock()
-	close(f.done)
+	// rls knows the tables with row-level security (cacherls.go).
+	rls *rlsCatalog
 }
 
 // cacheRules is the live-reloadable part of the cache configuration: an
@@ -113,11 +84,15 @@ type cacheRules struct {
 	byFP          map[uint64]time.Duration
 	byTables      []tableRule
 	onOpaqueWrite string
+	flightWait    time.Duration
 }
 
 // newCacheRules compiles the rules of cfg.
 func newCacheRules(cfg config.CacheConfig) (*cacheRules, error) {
-	cr := &cacheRules{maxEntry: int(cfg.MaxEntryBytes), byFP: map[uint64]time.Duration{}, onOpaqueWrite: cfg.OnOpaqueWrite}
+	cr := &cacheRules{maxEntry: int(cfg.MaxEntryBytes), byFP: map[uint64]time.Duration{}, onOpaqueWrite: cfg.OnOpaqueWrite, flightWait: cfg.FlightWait}
+	if cr.flightWait <= 0 {
+		cr.flightWait = time.Second
+	}
 	for _, r := range cfg.Rules {
 		if r.Fingerprint != "" {
 			var fp uint64
@@ -145,11 +120,20 @@ type tableRule struct {
 // Redis tier has its own, shorter timeout.
 const cacheOpTimeout = 2 * time.Second
 
+// opCtx returns the context of one lookup's cache calls. The in-process
+// tier never blocks nor reads it, so it gets no timer.
+func (sc *serverCache) opCtx() (context.Context, context.CancelFunc) {
+	if sc.backend == config.CacheMemory {
+		return context.Background(), func() {}
+	}
+	return context.WithTimeout(context.Background(), cacheOpTimeout)
+}
+
 func newServerCache(cfg config.CacheConfig, reg prometheus.Registerer, log *slog.Logger) (*serverCache, error) {
 	if cfg.Backend == config.CacheOff || cfg.Backend == "" {
 		return nil, nil
 	}
-	sc := &serverCache{backend: cfg.Backend, flights: map[cachelayer.Key]*flight{}}
+	sc := &serverCache{backend: cfg.Backend, flights: map[cachelayer.Key]*flight{}, rls: newRLSCatalog()}
 	rules, err := newCacheRules(cfg)
 	if err != nil {
 		return nil, err
@@ -206,11 +190,29 @@ func newServerCache(cfg config.CacheConfig, reg prometheus.Registerer, log *slog
 	sc.skipped = cv("skipped_total", "Statements a cache rule or hint asked for that were not looked up, by reason.", "reason")
 	sc.stores = cv("stores_total", "Results captured for the cache, by outcome.", "result")
 	sc.invals = cv("write_invalidations_total", "Invalidations caused by writes through the proxy, by kind (tables, flush).", "kind")
+	// The same family as cachelayer's Do, under tier="proxy": the proxy's
+	// fills do not go through Do (cacheflight.go).
+	sc.flightOut = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "pgsluice", Subsystem: "cache", Name: "singleflight_total", Help: cachelayer.SingleFlightHelp,
+		ConstLabels: prometheus.Labels{"tier": "proxy"},
+	}, []string{"outcome"})
+	sc.flightWaiting = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "pgsluice", Subsystem: "cache", Name: "singleflight_waiting",
+		Help: "Sessions waiting for another session's fill of the same cache key.",
+	})
+	if reg != nil {
+		for _, c := range []prometheus.Collector{sc.flightOut, sc.flightWaiting} {
+			if err := reg.Register(c); err != nil {
+				log.Warn("cache metric not registered", "err", err)
+			}
+		}
+	}
 	return sc, nil
 }
 
 func (sc *serverCache) close() {
 	if sc != nil {
+		sc.rls.close()
 		sc.c.Close()
 	}
 }
@@ -227,7 +229,16 @@ func cacheTable(t string) string {
 // fpTable is the pseudo-table every entry of one query shape also reads, so
 // that POST /cache/flush?fingerprint= can invalidate that shape. A NUL never
 // occurs in a PostgreSQL identifier.
-func fpTable(fp uint64) string { return fmt.Sprintf("\x00fp:%016x", fp) }
+func fpTable(fp uint64) string {
+	const hexDigits = "0123456789abcdef"
+	b := make([]byte, 4+16)
+	copy(b, "\x00fp:")
+	for i := 19; i >= 4; i-- {
+		b[i] = hexDigits[fp&15]
+		fp >>= 4
+	}
+	return string(b)
+}
 
 // ttlFor returns how long d's result may be cached; 0 when no rule or hint
 // asks for it.
@@ -339,14 +350,6 @@ type cacheCapture struct {
 	flight *flight // nil when this fill does not lead a flight
 }
 
-// finish ends the capture's flight, once: waiters look the key up again.
-func (c *cacheCapture) finish() {
-	if c != nil && c.flight != nil {
-		c.sc.leave(c.key, c.flight)
-		c.flight = nil
-	}
-}
-
 // cacheState is a session's cache bookkeeping.
 type cacheState struct {
 	// fillPrimary makes attach choose the writer for a cache fill.
@@ -359,6 +362,8 @@ type cacheState struct {
 	held []heldMsg
 	// tx accumulates what the current transaction wrote (mu).
 	tx cacheWrite
+	// keyBuf is cacheKey's input buffer (session goroutine).
+	keyBuf []byte
 	// memo is the decision of the last Parse text classified here, so
 	// that handleParse does not classify it again.
 	memoQuery string
@@ -387,24 +392,29 @@ func (s *session) cacheReadyLocked() (reason string) {
 }
 
 // cacheKey hashes everything that selects a result.
+// Each part is length-prefixed; the input is assembled in a buffer the
+// session keeps (session goroutine only), so a lookup allocates nothing.
 func (s *session) cacheKey(sig string, kind byte, parts ...[]byte) cachelayer.Key {
-	h := sha256.New()
-	var n [4]byte
-	put := func(b []byte) {
-		binary.BigEndian.PutUint32(n[:], uint32(len(b)))
-		h.Write(n[:])
-		h.Write(b)
+	b := s.cache.keyBuf[:0]
+	put := func(p []byte) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
+		b = append(b, p...)
 	}
-	put([]byte(s.database))
-	put([]byte(s.user))
-	put([]byte(sig))
+	putS := func(p string) {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
+		b = append(b, p...)
+	}
+	putS(s.database)
+	putS(s.user)
+	putS(sig)
 	put([]byte{kind})
 	for _, p := range parts {
 		put(p)
 	}
-	var k cachelayer.Key
-	h.Sum(k[:0])
-	return k
+	if cap(b) <= 64<<10 {
+		s.cache.keyBuf = b
+	}
+	return sha256.Sum256(b)
 }
 
 // cacheLookup decides about a statement with decision d that a rule or hint
@@ -420,43 +430,67 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 	reason := s.cacheReadyLocked()
 	sig := s.settings.sig
 	s.mu.Unlock()
+	if reason == "" {
+		reason = s.cacheRLSReason(d)
+	}
 	if reason != "" {
 		sc.skip(reason)
 		return nil, nil
 	}
 	start := time.Now()
 	key := s.cacheKey(sig, kind, parts...)
-	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
+	ctx, cancel := sc.opCtx()
 	defer cancel()
-	if f, ok := sc.c.Get(ctx, s.database, key); ok {
+	var tables []string
+	if sc.backend != config.CacheMemory {
+		// The tables the entry read: Redis verifies them with the read.
+		// (The in-process tier ignores them: a memory hit skips them.)
+		tables = tablesOf(d)
+	}
+	if f, ok := sc.c.Get(ctx, s.database, key, tables); ok {
 		sc.lookups.WithLabelValues("hit").Inc()
 		sc.nHits.Add(1)
 		s.observeQuery(d, "cache", time.Since(start), countDataRows(f), false)
 		return f, nil
 	}
-	f, leader := sc.join(key)
+	wait := sc.rules.Load().flightWait
+	f, leader := sc.join(key, wait)
 	if !leader {
-		timer := time.NewTimer(flightWait)
-		select {
-		case <-f.done:
-		case <-timer.C:
+		stored, timedOut := sc.await(f, wait)
+		cancel()
+		ctx, cancel = sc.opCtx() // the wait may have outlasted the first
+		defer cancel()
+		if stored {
+			if fr, ok := sc.c.Get(ctx, s.database, key, tables); ok {
+				sc.flightCount(flightShared)
+				sc.lookups.WithLabelValues("shared").Inc()
+				sc.nHits.Add(1)
+				s.observeQuery(d, "cache", time.Since(start), countDataRows(fr), false)
+				return fr, nil
+			}
 		}
-		timer.Stop()
-		if fr, ok := sc.c.Get(ctx, s.database, key); ok {
-			sc.lookups.WithLabelValues("shared").Inc()
-			sc.nHits.Add(1)
-			s.observeQuery(d, "cache", time.Since(start), countDataRows(fr), false)
-			return fr, nil
+		if !timedOut {
+			sc.flightCount(flightFallthrough)
 		}
 		f = nil // fill without a flight
 	}
 	sc.lookups.WithLabelValues("miss").Inc()
 	sc.nMisses.Add(1)
 	capture = &cacheCapture{key: key, ttl: ttl, sc: sc, flight: f}
-	gens, ok := sc.c.Generations(ctx, s.database, tablesOf(d))
+	if tables == nil {
+		tables = tablesOf(d)
+	}
+	gens, ok := sc.c.Generations(ctx, s.database, tables)
 	if !ok {
 		sc.stores.WithLabelValues("no_snapshot").Inc()
-		capture.finish()
+		capture.finish(false)
+		return nil, nil
+	}
+	// Again after the snapshot: row-level security enabled by DDL that
+	// committed before it is seen now (cacherls.go).
+	if reason := s.cacheRLSReason(d); reason != "" {
+		sc.stores.WithLabelValues(reason).Inc()
+		capture.finish(false)
 		return nil, nil
 	}
 	capture.gens = gens
@@ -514,7 +548,7 @@ func (s *session) cacheQuery(d *routing.Decision, body []byte) (done bool, err e
 func (s *session) cacheDropCapture() {
 	if s.cache.capture != nil {
 		s.mu.Lock() // the pump may hold it too (a Describe took it)
-		s.cache.capture.finish()
+		s.cache.capture.finish(false)
 		s.mu.Unlock()
 		s.cache.capture = nil
 	}
@@ -557,8 +591,7 @@ func (s *session) cacheCaptureLocked(b *backend, head *op, typ byte, n int) {
 	default:
 		// An error, a notice, a suspended portal, an asynchronous
 		// message: not a plain result.
-		c.bad, c.done, c.buf = true, true, nil
-		c.finish()
+		c.abandon()
 		if typ != 'E' {
 			s.srv.cache.stores.WithLabelValues("not_plain").Inc()
 		}
@@ -579,7 +612,8 @@ func (s *session) cacheCaptureLocked(b *backend, head *op, typ byte, n int) {
 		return
 	}
 	c.done = true
-	defer c.finish()
+	stored := false
+	defer func() { c.finish(stored) }()
 	if c.bad {
 		return
 	}
@@ -594,6 +628,7 @@ func (s *session) cacheCaptureLocked(b *backend, head *op, typ byte, n int) {
 	ctx, cancel := context.WithTimeout(context.Background(), cacheOpTimeout)
 	defer cancel()
 	if s.srv.cache.c.Set(ctx, c.key, frames, c.gens, c.ttl) {
+		stored = true
 		s.srv.cache.stores.WithLabelValues("stored").Inc()
 		s.srv.cache.nStored.Add(1)
 	} else {
@@ -631,8 +666,18 @@ func (s *session) cacheSessionEnded() {
 		return
 	}
 	s.mu.Lock()
+	if s.catalogDDL { // a COMMIT may have reached the server
+		s.srv.cache.rls.changed(s.database)
+	}
 	w := s.cache.tx
 	s.cache.tx = cacheWrite{}
+	// Fills that will never complete end their flights now, so that no
+	// waiter waits for a client or server that is gone.
+	for i := 0; i < s.ops.len(); i++ {
+		s.ops.at(i).cap.abandon()
+	}
+	s.cache.capture.abandon()
+	s.cache.capture = nil
 	s.mu.Unlock()
 	if !w.empty() {
 		s.srv.cache.apply(s.database, &w)
@@ -859,6 +904,12 @@ type CacheStats struct {
 	Evictions     uint64
 	Invalidations uint64
 	Bypasses      uint64 // store operations skipped (Redis down or slow)
+	// Single flight (cacheflight.go): misses that led a fill, waiters
+	// answered by it, waiters that ran the statement themselves because
+	// the leader stored nothing or because they waited cache.flight_wait,
+	// and sessions waiting now.
+	FlightLeaders, FlightShared, FlightFallthrough, FlightTimeouts uint64
+	FlightWaiting                                                  int64
 }
 
 // CacheStats returns the cache's counters. Safe for concurrent use.
@@ -872,6 +923,9 @@ func (s *Server) CacheStats() CacheStats {
 		Enabled: true, Backend: sc.backend,
 		Hits: sc.nHits.Load(), Misses: sc.nMisses.Load(), Skipped: sc.nSkipped.Load(), Stored: sc.nStored.Load(),
 		Bytes: st.Bytes, Entries: st.Entries, Evictions: st.Evictions, Invalidations: st.Invalidations, Bypasses: st.Bypasses,
+		FlightLeaders: sc.nFlight[flightLeader].Load(), FlightShared: sc.nFlight[flightShared].Load(),
+		FlightFallthrough: sc.nFlight[flightFallthrough].Load(), FlightTimeouts: sc.nFlight[flightTimeout].Load(),
+		FlightWaiting: sc.nWaiting.Load(),
 	}
 }
 

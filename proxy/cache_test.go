@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -59,7 +58,10 @@ func rawConnect(t *testing.T, ctx context.Context, dsn string) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { hc.Conn.Close() })
-	return &rawConn{t: t, c: hc.Conn, fe: pgproto3.NewFrontend(bufio.NewReader(hc.Conn), hc.Conn)}
+	// hc.Frontend, not a new one on hc.Conn: pgconn's background reader
+	// (started when a write during login was slow) may still have a read
+	// pending or bytes read ahead, which only its Frontend returns.
+	return &rawConn{t: t, c: hc.Conn, fe: hc.Frontend}
 }
 
 // roundTrip sends msgs and returns every backend message, encoded, up to
@@ -341,16 +343,23 @@ func TestCacheHints(t *testing.T) {
 	}
 }
 
-// Role A never receives role B's cached rows: a row-level-security policy
-// gives each role different rows for the same statement.
+// Role A never receives role B's cached rows: the same statement, with the
+// same client settings, reads a different table for each role, because
+// md5u's role default search_path (set in the server, unknown to the proxy)
+// finds its own cache_ri first. Tables with row-level security are never
+// cached (TestCacheRowLevelSecurity).
 func TestCacheRoleIsolation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	asApp(t, `DROP TABLE IF EXISTS cache_rls; CREATE TABLE cache_rls(owner text, secret text);
-		INSERT INTO cache_rls VALUES ('app', 'app-secret'), ('md5u', 'md5u-secret');
-		ALTER TABLE cache_rls ENABLE ROW LEVEL SECURITY; ALTER TABLE cache_rls FORCE ROW LEVEL SECURITY;
-		CREATE POLICY own ON cache_rls USING (owner = current_user); GRANT SELECT ON cache_rls TO md5u`)
-	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_rls"}, TTL: time.Hour}))
+	if err := cluster.Exec(ctx, cluster.Primary, `CREATE SCHEMA IF NOT EXISTS cache_ri_md5u AUTHORIZATION md5u;
+		DROP TABLE IF EXISTS public.cache_ri, cache_ri_md5u.cache_ri;
+		CREATE TABLE public.cache_ri(secret text); INSERT INTO public.cache_ri VALUES ('app-secret');
+		CREATE TABLE cache_ri_md5u.cache_ri(secret text); INSERT INTO cache_ri_md5u.cache_ri VALUES ('md5u-secret');
+		GRANT SELECT ON public.cache_ri TO app; GRANT SELECT ON cache_ri_md5u.cache_ri TO md5u;
+		ALTER ROLE md5u IN DATABASE app SET search_path = cache_ri_md5u, public`); err != nil {
+		t.Fatal(err)
+	}
+	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_ri"}, TTL: time.Hour}))
 	a := connect(t, ctx, dsn)
 	b := connect(t, ctx, dsnFor(t, dsn, "md5u", "md5pass", "app"))
 	for i := 0; i < 3; i++ {
@@ -359,7 +368,7 @@ func TestCacheRoleIsolation(t *testing.T) {
 			want string
 		}{{a, "app-secret"}, {b, "md5u-secret"}} {
 			for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
-				rows, err := x.c.Query(ctx, "SELECT secret FROM cache_rls", mode)
+				rows, err := x.c.Query(ctx, "SELECT secret FROM cache_ri", mode)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -624,47 +633,6 @@ func TestReadYourWritesAcrossInstances(t *testing.T) {
 	var rec bool
 	if err := other.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil || !rec {
 		t.Fatalf("another user's read left the replica: in_recovery=%v err=%v", rec, err)
-	}
-}
-
-// Concurrent misses of one key run the statement once: the others wait for
-// that fill and are answered from the cache.
-func TestCacheSingleFlight(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	asApp(t, "DROP TABLE IF EXISTS cache_sf; CREATE TABLE cache_sf(v int); INSERT INTO cache_sf SELECT generate_series(1, 700)")
-	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory))
-	const n = 8
-	conns := make([]*pgx.Conn, n)
-	for i := range conns {
-		conns[i] = connect(t, ctx, dsn)
-	}
-	// Slow: a join of 490,000 rows (tens to hundreds of ms).
-	const sql = "/* pgsluice: cache ttl=1m */ SELECT count(*) FROM cache_sf a, cache_sf b"
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make(chan error, n)
-	for _, c := range conns {
-		wg.Add(1)
-		go func(c *pgx.Conn) {
-			defer wg.Done()
-			<-start
-			var v int64
-			if err := c.QueryRow(ctx, sql, pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != 490000 {
-				errs <- fmt.Errorf("v=%d err=%v", v, err)
-			}
-		}(c)
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	st := srv.CacheStats()
-	t.Logf("stats %+v", st)
-	if st.Stored != 1 || st.Misses != 1 || st.Hits != n-1 {
-		t.Fatalf("%d concurrent misses of one key: stored=%d misses=%d hits=%d, want the statement run once (1, 1, %d)", n, st.Stored, st.Misses, st.Hits, n-1)
 	}
 }
 

@@ -78,7 +78,12 @@
 // at CommandComplete. Extended-protocol Parse/Bind/Describe of the unnamed
 // portal are held back until the Execute decides. Writes invalidate the
 // tables they wrote at CommandComplete and again at the ReadyForQuery that
-// ends their transaction, before the client sees it.
+// ends their transaction, before the client sees it. Concurrent misses of
+// one key share one fill (cacheflight.go: the leader always releases its
+// waiters, whether it stored or not). Statements reading a table with
+// row-level security, or a view on one, never use the cache (cacherls.go:
+// the set is loaded per database from the writer and marked stale by DDL
+// through the proxy).
 //
 // # Failure
 //

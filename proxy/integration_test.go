@@ -128,7 +128,8 @@ func runTests(m *testing.M) int {
 		// TestPgbench runs 200 clients straight through when direct; the
 		// harness default of 300 is what makes that possible. Spelled out
 		// here because the suite depends on it.
-		PGConf:        []string{"max_connections = 300"},
+		// pg_stat_statements counts executions for the cache tests.
+		PGConf:        []string{"max_connections = 300", "shared_preload_libraries = 'pg_stat_statements'"},
 		ServerCertPEM: testTLS.certPEM,
 		ServerKeyPEM:  testTLS.keyPEM,
 	})

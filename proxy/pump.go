@@ -158,6 +158,7 @@ func (s *session) startSkipLocked(c uint64) {
 		if (x.kind == opParse || x.kind == opParseDrop) && s.b != nil {
 			s.b.prepared.remove(x.stmt)
 		}
+		s.cacheOpDroppedLocked(&x)
 	}
 }
 
@@ -316,6 +317,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 			s.txn.add(x.sets)
 		}
 		s.queryDoneLocked(&x)
+		s.cacheCatalogChangedLocked(status)
 		s.cacheTxEndLocked(status)
 		if x.kind != opSettings {
 			if x.kind != opSplit {
