@@ -221,7 +221,13 @@ func TestTieredTwoInstances(t *testing.T) {
 	if _, ok := b.Get(bg, "db", key("q3"), nil); ok {
 		t.Fatal("B served after A.FlushDB")
 	}
-	put(t, b, "db", "q4", []byte("v4"), time.Minute, "x")
+	// B learns of A's FlushDB by pub/sub, asynchronously; a Set whose
+	// generations were read before that message arrives is refused (the
+	// safe side), so store q4 once B has caught up.
+	waitFor(t, "B stores q4 after A's FlushDB", func() bool {
+		g, ok := b.Generations(bg, "db", []string{"x"})
+		return ok && b.Set(bg, key("q4"), []byte("v4"), g, time.Minute)
+	})
 	a.FlushAll(bg)
 	if _, ok := b.Get(bg, "db", key("q4"), nil); ok {
 		t.Fatal("B served after A.FlushAll")
