@@ -187,25 +187,7 @@ func (rc *rlsCatalog) current(srv *Server, name string) (*rlsSet, bool) {
 // close.
 func (rc *rlsCatalog) watch(srv *Server) {
 	defer close(rc.done)
-	var tick <-chan time.Time
-	if d := srv.cfgNow().Routing.CatalogRefresh; d > 0 {
-		tk := time.NewTicker(d)
-		defer tk.Stop()
-		tick = tk.C
-	}
-	for {
-		var retry <-chan time.Time
-		if !rc.loadAll(srv) {
-			retry = time.After(catalogRetry)
-		}
-		select {
-		case <-rc.stop:
-			return
-		case <-rc.req:
-		case <-tick:
-		case <-retry:
-		}
-	}
+	refreshLoop(srv.cfgNow().Routing.CatalogRefresh, rc.stop, rc.req, func() bool { return rc.loadAll(srv) })
 }
 
 // loadAll loads every known database's set; false if one failed.

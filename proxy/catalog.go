@@ -21,34 +21,46 @@ import (
 // catalogRetry is how soon a failed load is tried again.
 const catalogRetry = 2 * time.Second
 
-// watchCatalog loads the function catalog until close.
-func (t *topology) watchCatalog(user, password string) {
-	defer t.wg.Done()
+// refreshLoop runs load at once, then on every request, every interval
+// (none if not positive), and catalogRetry after a load that failed, until
+// stop is closed. The function catalog and the row-level-security sets
+// refresh this way.
+func refreshLoop(interval time.Duration, stop <-chan struct{}, req <-chan struct{}, load func() bool) {
 	var tick <-chan time.Time
-	if d := t.conf().Routing.CatalogRefresh; d > 0 {
-		tk := time.NewTicker(d)
+	if interval > 0 {
+		tk := time.NewTicker(interval)
 		defer tk.Stop()
 		tick = tk.C
 	}
 	for {
 		var retry <-chan time.Time
-		if err := t.loadCatalog(user, password); err != nil {
-			select {
-			case <-t.stop:
-				return
-			default:
-			}
-			t.log.Warn("routing: loading function volatility from the primary failed; keeping the previous catalog", "err", err)
+		if !load() {
 			retry = time.After(catalogRetry)
 		}
 		select {
-		case <-t.stop:
+		case <-stop:
 			return
 		case <-tick:
-		case <-t.catalogReq:
+		case <-req:
 		case <-retry:
 		}
 	}
+}
+
+// watchCatalog loads the function catalog until close.
+func (t *topology) watchCatalog(user, password string) {
+	defer t.wg.Done()
+	refreshLoop(t.conf().Routing.CatalogRefresh, t.stop, t.catalogReq, func() bool {
+		err := t.loadCatalog(user, password)
+		if err != nil {
+			select {
+			case <-t.stop:
+			default:
+				t.log.Warn("routing: loading function volatility from the primary failed; keeping the previous catalog", "err", err)
+			}
+		}
+		return err == nil
+	})
 }
 
 // loadCatalog reads pg_proc on the node that takes writes and hands the
