@@ -6,11 +6,16 @@
 //
 // Each client connection is a session (session.go) that moves through named
 // states: startup -> auth -> idle <-> busy -> closed. "busy" means a server
-// connection is attached. Two goroutines work on a busy session: the session
-// goroutine reads client messages and writes them to the server; the pump
-// goroutine (pump.go) reads server messages and forwards them to the client.
-// The session mutex guards what they share: the attached backend, the queue
-// of in-flight operations, the client writer and the transaction status.
+// connection is attached. The session goroutine reads client messages and
+// writes them to the server; the pump (pump.go) reads server messages and
+// forwards them to the client. A batch that ends in Sync, Query or Flush is
+// answered on the session goroutine itself, by the pump's code, for a few
+// milliseconds at most (inline.go): most transactions in transaction mode
+// start no second goroutine. Otherwise (an open transaction, COPY, a slow
+// statement, a pinned connection) a pump goroutine reads the server while
+// the session goroutine reads the client. The session mutex guards what
+// they share: the attached backend, the queue of in-flight operations, the
+// client writer and the transaction status.
 //
 // Every message sent to a server pushes an op (ops.go) describing the
 // response it will produce; the pump matches each server message to the op
@@ -37,8 +42,8 @@
 // In transaction mode a server connection goes back to the pool only at a
 // safe point (safeToReleaseLocked): the server sent ReadyForQuery 'I', no op
 // is outstanding, no write is in flight, no COPY runs, and the session is not
-// pinned. Only the pump releases, because only it may stop reading the
-// server. Session state that cannot move (LISTEN, advisory locks, temp
+// pinned. Only the pump releases (on whichever goroutine it runs), because
+// only it may stop reading the server. Session state that cannot move (LISTEN, advisory locks, temp
 // tables, WITH HOLD cursors, SQL PREPARE, SET ROLE) pins the session to its
 // server connection until the client leaves; pins are counted by reason.
 //

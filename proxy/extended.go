@@ -129,6 +129,7 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 				}
 				continue
 			}
+			s.ensurePumpLocked() // the release needs a reader of the replica
 			s.cond.Wait()
 		}
 		if s.b != nil {
@@ -187,6 +188,14 @@ func (s *session) send(b *backend) error {
 	msg := s.out
 	if s.retry.rec {
 		msg = s.recordForRetry()
+	}
+	s.tailFlush = endsInFlushPoint(s.out)
+	if len(msg) > b.w.Available() {
+		// The write reaches the socket before the batch ends: a server
+		// blocked on unread answers would block it (inline.go).
+		s.mu.Lock()
+		s.ensurePumpLocked()
+		s.mu.Unlock()
 	}
 	_, err := b.w.Write(msg)
 	s.out = s.out[:0]

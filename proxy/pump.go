@@ -1,6 +1,10 @@
 package proxy
 
 import (
+	"errors"
+	"os"
+	"time"
+
 	"github.com/pgsluice/pgsluice/proxy/pgerr"
 	"github.com/pgsluice/pgsluice/proxy/wire"
 )
@@ -12,81 +16,145 @@ const maxServerMessage = 1<<30 + 1024
 // pump forwards server messages to the client while b is attached to s,
 // matching them to the in-flight ops, and gives b back to the pool at a
 // safe point. It exits when b is released or the session ends.
+//
+// A pump goroutine runs only while the session goroutine cannot read the
+// answers itself (inline.go): an open transaction, a pinned or
+// session-mode connection, COPY, a batch that does not end in a flush
+// point, or a wait for a release.
 func (s *session) pump(b *backend, done chan struct{}) {
 	defer close(done)
 	if s.trace {
 		defer s.log.Debug("pump exit", "backend", b.id)
 	}
 	for {
-		// Block for data without holding the lock.
-		if _, err := b.r.Peek(1); err != nil {
-			s.mu.Lock()
-			if s.retryLocked(b, causeLost) {
+		var stop bool
+		if b, stop = s.pumpRound(b, false); stop {
+			return
+		}
+	}
+}
+
+// pumpRound waits until b has data, then forwards what is buffered and
+// releases b if it is safe. It returns the backend to go on with (a retry
+// may replace b) and whether to stop: b was released, replaced or failed,
+// or, inline, the session goroutine must go back to its client (every
+// answer is in, or COPY started). Called without mu held.
+func (s *session) pumpRound(b *backend, inline bool) (*backend, bool) {
+	if inline {
+		s.mu.Lock()
+		done := s.b != b || s.ops.len() == 0
+		s.mu.Unlock()
+		if done {
+			return b, true
+		}
+	}
+	// Block for data without holding the lock. Inline, for inlineWait
+	// at most: then a pump goroutine takes over and the session goroutine
+	// watches its client again.
+	wait := inline && b.r.Buffered() == 0
+	if wait {
+		b.conn.SetReadDeadline(time.Now().Add(inlineWait))
+	}
+	_, err := b.r.Peek(1)
+	if wait {
+		b.conn.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		if wait && errors.Is(err, os.ErrDeadlineExceeded) {
+			return b, true
+		}
+		s.mu.Lock()
+		if s.retryLocked(b, causeLost) {
+			b = s.b
+			s.adoptLocked(b, inline)
+			s.mu.Unlock()
+			return b, false
+		}
+		s.mu.Unlock()
+		s.pumpFailed(b, err)
+		return b, true
+	}
+	s.mu.Lock()
+	if s.b != b {
+		s.pumpExitLocked(b, inline)
+		s.mu.Unlock()
+		return b, true
+	}
+	s.clientWriterLocked()
+	copying := false
+	for b.r.Buffered() > 0 {
+		if inline {
+			if t, _ := b.r.Peek(1); t[0] == 'G' || t[0] == 'W' {
+				copying = true // the server waits for the client's data
+			}
+		}
+		if err := s.serverMessageLocked(b); err != nil {
+			if err == errRetried || s.retryLocked(b, causeLost) {
 				b = s.b
-				s.mu.Unlock()
-				continue
+				s.adoptLocked(b, inline)
+				break
 			}
 			s.mu.Unlock()
 			s.pumpFailed(b, err)
-			return
+			return b, true
 		}
-		s.mu.Lock()
 		if s.b != b {
+			// Released at a safe point.
+			err := s.flushClientLocked()
+			s.pumpExitLocked(b, inline)
 			s.mu.Unlock()
-			return
-		}
-		s.clientWriterLocked()
-		for b.r.Buffered() > 0 {
-			if err := s.serverMessageLocked(b); err != nil {
-				if err == errRetried || s.retryLocked(b, causeLost) {
-					b = s.b
-					break
-				}
-				s.mu.Unlock()
-				s.pumpFailed(b, err)
-				return
+			if err != nil {
+				s.conn.Close()
 			}
-			if s.b != b {
-				// Released at a safe point.
-				err := s.flushClientLocked()
-				s.mu.Unlock()
-				if err != nil {
-					s.conn.Close()
-				}
-				return
-			}
+			return b, true
 		}
-		if s.retry.armed && len(s.retry.held) > 0 {
-			s.releaseHeldLocked()
-		}
-		if err := s.flushClientLocked(); err != nil {
-			// The client is gone; the session goroutine notices and
-			// cleans up. Stop forwarding.
-			s.mu.Unlock()
-			s.conn.Close()
-			return
-		}
-		// The server is idle and the batch is answered, but the session
-		// goroutine is still writing: nothing more can come from the
-		// server, so wait for the write to end rather than read.
-		for s.b == b && s.ops.len() == 0 && s.txStatus == 'I' && s.inflight > 0 && s.state != stateClosed {
-			s.parked = true
-			s.mu.Unlock()
-			<-s.wake
-			s.mu.Lock()
-		}
-		if s.b != b {
-			s.mu.Unlock()
-			return
-		}
-		if s.state != stateClosed {
-			s.maybeReleaseLocked()
-		}
-		if s.b != b {
-			s.mu.Unlock()
-			return
-		}
+	}
+	if s.retry.armed && len(s.retry.held) > 0 {
+		s.releaseHeldLocked()
+	}
+	if err := s.flushClientLocked(); err != nil {
+		// The client is gone; the session goroutine notices and
+		// cleans up. Stop forwarding.
+		s.pumpExitLocked(b, inline)
 		s.mu.Unlock()
+		s.conn.Close()
+		return b, true
+	}
+	// The server is idle and the batch is answered, but the session
+	// goroutine is still writing: nothing more can come from the
+	// server, so wait for the write to end rather than read. (Inline,
+	// the session goroutine is the reader and writes nothing meanwhile.)
+	for !inline && s.b == b && s.ops.len() == 0 && s.txStatus == 'I' && s.inflight > 0 && s.state != stateClosed {
+		s.parked = true
+		s.mu.Unlock()
+		<-s.wake
+		s.mu.Lock()
+	}
+	if s.b == b && s.state != stateClosed {
+		s.maybeReleaseLocked()
+	}
+	stop := s.b != b || inline && (copying || s.ops.len() == 0)
+	if s.b != b {
+		s.pumpExitLocked(b, inline)
+	}
+	s.mu.Unlock()
+	return b, stop
+}
+
+// adoptLocked records that the pump goes on with b after a retry (mu
+// held).
+func (s *session) adoptLocked(b *backend, inline bool) {
+	if !inline {
+		s.pumpB = b
+	}
+}
+
+// pumpExitLocked records that the pump goroutine of b stops, in the same
+// critical section that decided it (mu held), so that a session that gets
+// b again starts a new one.
+func (s *session) pumpExitLocked(b *backend, inline bool) {
+	if !inline && s.pumpB == b {
+		s.pumpB = nil
 	}
 }
 
@@ -94,6 +162,9 @@ func (s *session) pump(b *backend, done chan struct{}) {
 func (s *session) pumpFailed(b *backend, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.pumpB == b {
+		s.pumpB = nil
+	}
 	if s.b != b || s.state == stateClosed {
 		return // session cleanup woke us
 	}

@@ -44,6 +44,8 @@ type Server struct {
 	cache      *serverCache // nil when cache.backend is off
 	tlsConfig  *tls.Config
 	requireTLS bool
+	// pumps counts pump goroutines started (inline.go); tests read it.
+	pumps atomic.Int64
 
 	// The result cache's Registerer and logical-replication streams
 	// (cacheinval.go): databases whose stream runs (mu).

@@ -94,8 +94,15 @@ type session struct {
 	localSkip bool
 	// dirty is the backend whose writer holds unflushed client bytes.
 	dirty *backend
-	// pumpDone is closed when the current pump exits.
+	// pumpDone is closed when the current pump goroutine exits; pumpB is
+	// the backend it reads (nil when none runs). (mu)
 	pumpDone chan struct{}
+	pumpB    *backend
+	// tailFlush: the last message written to the attached server makes it
+	// answer everything sent so far (Sync, Query, Flush, FunctionCall,
+	// CopyDone, CopyFail), so the session goroutine may read the answers
+	// itself (inline.go). Session goroutine only.
+	tailFlush bool
 	// parked: the pump waits on wake for an in-flight write to finish
 	// before it can decide whether to release. (mu)
 	parked bool
@@ -179,6 +186,7 @@ func (s *session) loop() {
 				s.serverWriteFailed(err)
 				return
 			}
+			s.pumpInline()
 			if s.srv.draining.Load() && s.idle() {
 				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
 				return
@@ -303,8 +311,7 @@ func (s *session) attach(d *routing.Decision) error {
 	s.b = b
 	s.node = n
 	s.setStateLocked(stateBusy)
-	done := make(chan struct{})
-	s.pumpDone = done
+	s.tailFlush = false
 	if b.settingsSig != s.settings.sig {
 		sql := s.settings.replaySQL(b.settingsSig != "")
 		s.ops.push(op{kind: opSettings, cycle: s.cycle})
@@ -315,10 +322,13 @@ func (s *session) attach(d *routing.Decision) error {
 			return err
 		}
 		s.dirty = b
+		s.tailFlush = true
 	} else {
 		s.mu.Unlock()
 	}
-	go s.pump(b, done)
+	// No pump goroutine yet: the session goroutine reads the answers of
+	// a batch that ends in a flush point itself (inline.go), and starts a
+	// pump only when it must do something else meanwhile.
 	return nil
 }
 
@@ -439,8 +449,12 @@ func (s *session) handleFlush() error {
 		s.mu.Unlock()
 		return err
 	}
+	if s.r.Buffered() > 0 {
+		s.ensurePumpLocked() // not the end of the batch: see inline.go
+	}
 	s.inflight++
 	s.mu.Unlock()
+	s.tailFlush = true
 	err := wire.WriteMessage(b.w, 'H', nil)
 	if err == nil {
 		err = b.w.Flush()

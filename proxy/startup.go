@@ -213,10 +213,8 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 		s.b = b
 		s.node = s.srv.topo.writer()
 		s.setStateLocked(stateBusy)
-		done := make(chan struct{})
-		s.pumpDone = done
+		s.ensurePumpLocked()
 		s.mu.Unlock()
-		go s.pump(b, done)
 		return params, nil
 	}
 	s.pool.release(b)

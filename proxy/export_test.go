@@ -1,0 +1,5 @@
+package proxy
+
+// PumpsStarted is how many pump goroutines s has started (inline.go), for
+// the tests of package proxy_test.
+func (s *Server) PumpsStarted() int64 { return s.pumps.Load() }

@@ -1,0 +1,69 @@
+package proxy_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// A transaction of one batch is answered on the session goroutine, with no
+// pump goroutine (inline.go); an explicit transaction and a statement that
+// runs longer than the inline wait get one, and every answer is right.
+func TestInlineAnswers(t *testing.T) {
+	dsn, srv := startProxy(t, cluster, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	conn, err := pgconn.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+
+	const n = 100
+	p0 := srv.PumpsStarted()
+	for i := 0; i < n; i++ {
+		res, err := conn.Exec(ctx, "SELECT 41 + 1").ReadAll()
+		if err != nil || len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "42" {
+			t.Fatalf("simple query %d: %v %v", i, res, err)
+		}
+		r := conn.ExecParams(ctx, "SELECT $1::int + 1", [][]byte{[]byte("41")}, nil, nil, nil).Read()
+		if r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][0]) != "42" {
+			t.Fatalf("extended query %d: %v %v", i, r.Rows, r.Err)
+		}
+	}
+	// A statement slower than the inline wait (5 ms, more on a loaded
+	// machine) gets a pump; most of these get none.
+	got := srv.PumpsStarted() - p0
+	t.Logf("%d pump goroutines for %d one-batch transactions", got, 2*n)
+	if got > n/2 {
+		t.Errorf("%d pump goroutines for %d one-batch transactions, want most answered inline", got, 2*n)
+	}
+
+	p1 := srv.PumpsStarted()
+	res, err := conn.Exec(ctx, "BEGIN; SELECT 1").ReadAll()
+	if err != nil || len(res) != 2 {
+		t.Fatalf("BEGIN: %v %v", res, err)
+	}
+	// The session goroutine starts the pump right after it forwarded
+	// the answer, which the client may see first.
+	for deadline := time.Now().Add(5 * time.Second); srv.PumpsStarted()-p1 < 1 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := srv.PumpsStarted() - p1; got != 1 {
+		t.Errorf("an open transaction started %d pump goroutines, want 1 (its server must be read while the client is)", got)
+	}
+	if _, err := conn.Exec(ctx, "SELECT 2; COMMIT").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+
+	p2 := srv.PumpsStarted()
+	r := conn.ExecParams(ctx, "SELECT pg_sleep(0.2), 7", nil, nil, nil, nil).Read()
+	if r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][1]) != "7" {
+		t.Fatalf("slow statement: %v %v", r.Rows, r.Err)
+	}
+	if got := srv.PumpsStarted() - p2; got != 1 {
+		t.Errorf("a 200 ms statement started %d pump goroutines, want 1", got)
+	}
+}
