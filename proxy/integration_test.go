@@ -510,6 +510,32 @@ func TestClientKilledMidTransaction(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+		{"close_socket_mid_statement", func(t *testing.T) {
+			// The client vanishes while a long statement of its
+			// transaction runs: the proxy cancels the statement, so the
+			// rollback (and the lock) does not wait for the statement.
+			conn := openTxn(t)
+			q := "SELECT pg_sleep(60) /* kill_t */"
+			msg := binary.BigEndian.AppendUint32([]byte{'Q'}, uint32(4+len(q)+1))
+			if _, err := conn.Conn().Write(append(append(msg, q...), 0)); err != nil {
+				t.Fatal(err)
+			}
+			running := func() int {
+				var n int
+				if err := cluster.QueryRow(ctx, cluster.Primary,
+					"SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'active' AND query LIKE 'SELECT pg_sleep(60)%'", nil, &n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer wcancel()
+			waitFor(t, wctx, "the statement to run", func() bool { return running() == 1 })
+			if err := conn.Conn().Close(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, wctx, "the statement to be cancelled", func() bool { return running() == 0 })
+		}},
 		{"terminate_without_commit", func(t *testing.T) {
 			conn := openTxn(t)
 			if err := conn.Close(ctx); err != nil {
@@ -526,7 +552,10 @@ func TestClientKilledMidTransaction(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			defer cmd.Wait()
+			defer func() {
+				cmd.Process.Kill() // also when the test fails before the kill below
+				cmd.Wait()
+			}()
 			if _, err := io.WriteString(stdin, "BEGIN;\nUPDATE kill_t SET v = v + 1 WHERE id = 1;\n"); err != nil {
 				t.Fatal(err)
 			}

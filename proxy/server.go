@@ -292,10 +292,19 @@ func (s *Server) cancel(key cancelKey) {
 	if b == nil || sess.ops.len() == 0 {
 		return
 	}
-	c, err := net.DialTimeout("tcp", b.pool.key.addr, 2*time.Second)
-	if err != nil {
+	if err := b.cancel(); err != nil {
 		s.log.Warn("cannot forward cancel request", "err", err)
 		return
+	}
+	s.m.cancels.Inc()
+}
+
+// cancel sends PostgreSQL a CancelRequest for what b is running, and waits
+// (2 s at most) until PostgreSQL has handled it.
+func (b *backend) cancel() error {
+	c, err := net.DialTimeout("tcp", b.pool.key.addr, 2*time.Second)
+	if err != nil {
+		return err
 	}
 	defer c.Close()
 	var req [16]byte
@@ -309,7 +318,7 @@ func (s *Server) cancel(key cancelKey) {
 		var one [1]byte
 		c.Read(one[:])
 	}
-	s.m.cancels.Inc()
+	return nil
 }
 
 // ServeAdmin serves /healthz, /readyz and /metrics on ln until Shutdown.

@@ -595,6 +595,11 @@ func (s *session) cleanup() {
 	b := s.b
 	s.b = nil
 	clean := b != nil && s.txStatus == 'I' && !s.unsynced && !s.skipping && s.ops.len() == 0 && s.inflight == 0 && s.fatal == nil && s.pinned == routing.PinNone
+	// A client that vanished while its statement ran: cancel the
+	// statement, so that PostgreSQL rolls back and drops its locks now
+	// rather than when the statement ends and its answer finds the
+	// connection closed.
+	running := b != nil && s.ops.len() > 0 && s.fatal == nil
 	if b != nil {
 		if !clean {
 			b.broken = true
@@ -611,6 +616,11 @@ func (s *session) cleanup() {
 			<-done
 		}
 		b.conn.SetReadDeadline(time.Time{})
+		if running {
+			if err := b.cancel(); err != nil {
+				s.log.Debug("cannot cancel the statement of a vanished client", "err", err)
+			}
+		}
 		if clean && s.cfg.Pool.Mode == config.ModeSession {
 			if err := b.exec("DISCARD ALL"); err != nil {
 				b.broken = true
