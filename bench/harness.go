@@ -326,6 +326,9 @@ func (r *runner) pgbench(ctx context.Context, t Target, mode string, clients int
 		return Sample{}, err
 	}
 	s := Sample{TPS: res.TPS, P50us: res.P50us, P99us: res.P99us, ConnMs: res.ConnMs, Txns: res.Txns, Failures: res.Failed, Load: LoadAvg()}
+	if res.Txns > 0 {
+		s.ClientCPUPerTxnUs = float64(res.ClientCPU) / float64(time.Microsecond) / float64(res.Txns)
+	}
 	if res.Aborted || (res.ExitCode != 0 && res.Txns == 0) {
 		s.Err = res.FirstErr
 		if s.Err == "" {

@@ -53,6 +53,8 @@ type PgbenchResult struct {
 	FirstErr string // first error line pgbench printed
 	Stderr   string // tail of pgbench's stderr, for the JSON record
 	ExitCode int
+	// ClientCPU is pgbench's own CPU time (user + system) over the run.
+	ClientCPU time.Duration
 	// Logged holds every transaction of the --log files, in no order.
 	Logged []LoggedTxn
 }
@@ -112,6 +114,9 @@ func (r PgbenchRun) Run(ctx context.Context) (PgbenchResult, error) {
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	res := parsePgbench(out.String(), errb.String())
+	if ps := cmd.ProcessState; ps != nil {
+		res.ClientCPU = ps.UserTime() + ps.SystemTime()
+	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		res.ExitCode = ee.ExitCode()
 		if res.ExitCode == 2 {

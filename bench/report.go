@@ -68,17 +68,19 @@ type Case struct {
 
 // Sample is one run's figures. Fields that do not apply stay zero.
 type Sample struct {
-	TPS          float64 `json:"tps,omitempty"`
-	P50us        float64 `json:"p50_us,omitempty"`
-	P99us        float64 `json:"p99_us,omitempty"`
-	CPUPerTxnUs  float64 `json:"proxy_cpu_per_txn_us,omitempty"`
-	RSSKiB       int64   `json:"proxy_rss_kib,omitempty"`
-	RSSBeforeKiB int64   `json:"proxy_rss_before_kib,omitempty"`
-	PerClientKiB float64 `json:"rss_per_client_kib,omitempty"`
-	ConnMs       float64 `json:"connect_ms,omitempty"`
-	ConnP99Ms    float64 `json:"connect_p99_ms,omitempty"`
-	WallMs       float64 `json:"wall_ms,omitempty"`
-	Txns         int64   `json:"txns,omitempty"`
+	TPS         float64 `json:"tps,omitempty"`
+	P50us       float64 `json:"p50_us,omitempty"`
+	P99us       float64 `json:"p99_us,omitempty"`
+	CPUPerTxnUs float64 `json:"proxy_cpu_per_txn_us,omitempty"`
+	// ClientCPUPerTxnUs is pgbench's own CPU per transaction (whole run).
+	ClientCPUPerTxnUs float64 `json:"client_cpu_per_txn_us,omitempty"`
+	RSSKiB            int64   `json:"proxy_rss_kib,omitempty"`
+	RSSBeforeKiB      int64   `json:"proxy_rss_before_kib,omitempty"`
+	PerClientKiB      float64 `json:"rss_per_client_kib,omitempty"`
+	ConnMs            float64 `json:"connect_ms,omitempty"`
+	ConnP99Ms         float64 `json:"connect_p99_ms,omitempty"`
+	WallMs            float64 `json:"wall_ms,omitempty"`
+	Txns              int64   `json:"txns,omitempty"`
 	// SyscallsPerTxn and SyscallTop come from strace -c (one run).
 	SyscallsPerTxn float64 `json:"syscalls_per_txn,omitempty"`
 	SyscallTop     string  `json:"syscalls_top,omitempty"`
@@ -102,18 +104,19 @@ func MedianSample(runs []Sample) Sample {
 		return xs[(len(xs)-1)/2]
 	}
 	m := Sample{
-		TPS:            f(func(s Sample) float64 { return s.TPS }),
-		P50us:          f(func(s Sample) float64 { return s.P50us }),
-		P99us:          f(func(s Sample) float64 { return s.P99us }),
-		CPUPerTxnUs:    f(func(s Sample) float64 { return s.CPUPerTxnUs }),
-		RSSKiB:         int64(f(func(s Sample) float64 { return float64(s.RSSKiB) })),
-		RSSBeforeKiB:   int64(f(func(s Sample) float64 { return float64(s.RSSBeforeKiB) })),
-		PerClientKiB:   f(func(s Sample) float64 { return s.PerClientKiB }),
-		ConnMs:         f(func(s Sample) float64 { return s.ConnMs }),
-		ConnP99Ms:      f(func(s Sample) float64 { return s.ConnP99Ms }),
-		WallMs:         f(func(s Sample) float64 { return s.WallMs }),
-		Txns:           int64(f(func(s Sample) float64 { return float64(s.Txns) })),
-		SyscallsPerTxn: f(func(s Sample) float64 { return s.SyscallsPerTxn }),
+		TPS:               f(func(s Sample) float64 { return s.TPS }),
+		P50us:             f(func(s Sample) float64 { return s.P50us }),
+		P99us:             f(func(s Sample) float64 { return s.P99us }),
+		CPUPerTxnUs:       f(func(s Sample) float64 { return s.CPUPerTxnUs }),
+		ClientCPUPerTxnUs: f(func(s Sample) float64 { return s.ClientCPUPerTxnUs }),
+		RSSKiB:            int64(f(func(s Sample) float64 { return float64(s.RSSKiB) })),
+		RSSBeforeKiB:      int64(f(func(s Sample) float64 { return float64(s.RSSBeforeKiB) })),
+		PerClientKiB:      f(func(s Sample) float64 { return s.PerClientKiB }),
+		ConnMs:            f(func(s Sample) float64 { return s.ConnMs }),
+		ConnP99Ms:         f(func(s Sample) float64 { return s.ConnP99Ms }),
+		WallMs:            f(func(s Sample) float64 { return s.WallMs }),
+		Txns:              int64(f(func(s Sample) float64 { return float64(s.Txns) })),
+		SyscallsPerTxn:    f(func(s Sample) float64 { return s.SyscallsPerTxn }),
 	}
 	for _, s := range runs {
 		if m.SyscallTop == "" {
@@ -258,8 +261,9 @@ func Checks(r *Report) []Check {
 	return out
 }
 
-func tps(s Sample) float64 { return s.TPS }
-func cpu(s Sample) float64 { return s.CPUPerTxnUs }
+func tps(s Sample) float64       { return s.TPS }
+func cpu(s Sample) float64       { return s.CPUPerTxnUs }
+func clientCPU(s Sample) float64 { return s.ClientCPUPerTxnUs }
 
 func val(c *Case, get func(Sample) float64) float64 {
 	if c == nil {
