@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -66,6 +67,11 @@ type RedisOptions struct {
 	MaxPendingInvalidations int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Logger receives go-redis's own messages (dial failures during an
+	// outage and the like) at debug level; without one they are dropped.
+	// go-redis's logger is process-wide: the last Redis created with a
+	// Logger sets it.
+	Logger *slog.Logger
 }
 
 func (o RedisOptions) withDefaults() RedisOptions {
@@ -175,6 +181,7 @@ func NewRedis(opts RedisOptions, reg prometheus.Registerer) (*Redis, error) {
 	default:
 		return nil, errors.New("cachelayer: redis needs Addr, MasterName+SentinelAddrs or Addrs")
 	}
+	setRedisLogger(opts.Logger)
 	m := newMetrics("redis", reg)
 	r := &Redis{
 		opts:     opts,

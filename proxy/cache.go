@@ -148,6 +148,7 @@ func newServerCache(cfg config.CacheConfig, reg prometheus.Registerer, log *slog
 			Timeout:       cfg.Redis.Timeout,
 			KeyPrefix:     cfg.Redis.KeyPrefix,
 			MaxEntryBytes: int(cfg.MaxEntryBytes),
+			Logger:        log.With("component", "redis"),
 		}
 		switch {
 		case cfg.Redis.MasterName != "":
