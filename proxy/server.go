@@ -69,8 +69,12 @@ type Server struct {
 	clients  atomic.Int64
 	draining atomic.Bool
 	cancels  sync.Map // cancelKey -> *session
-	wg       sync.WaitGroup
-	done     chan struct{}
+	// vanishCancels bounds the CancelRequests sent for clients that
+	// vanished mid-statement (session.cleanup): a fleet killed at once
+	// must not make PostgreSQL fork a cancel process per connection.
+	vanishCancels chan struct{}
+	wg            sync.WaitGroup
+	done          chan struct{}
 
 	reloadMu sync.Mutex // serialises Reload (reload.go)
 
@@ -108,6 +112,8 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		sessions: map[*session]struct{}{},
 		done:     make(chan struct{}),
 		reload:   opts.Reload,
+
+		vanishCancels: make(chan struct{}, maxVanishCancels),
 	}
 	s.cfg.Store(&cfg)
 	s.classifier = routing.New(routing.Options{CacheSize: cfg.Routing.ShapeCacheSize})
@@ -297,6 +303,28 @@ func (s *Server) cancel(key cancelKey) {
 		return
 	}
 	s.m.cancels.Inc()
+}
+
+// maxVanishCancels is how many CancelRequests for vanished clients may be
+// on their way at once; beyond it a vanished client's server connection is
+// only closed (PostgreSQL then ends the statement when it next writes).
+const maxVanishCancels = 16
+
+// cancelVanished cancels what b runs for a client that vanished, unless
+// maxVanishCancels such cancels are already on their way. It reports
+// whether it sent one.
+func (s *Server) cancelVanished(b *backend) bool {
+	select {
+	case s.vanishCancels <- struct{}{}:
+	default:
+		return false
+	}
+	defer func() { <-s.vanishCancels }()
+	if err := b.cancel(); err != nil {
+		s.log.Debug("cannot cancel the statement of a vanished client", "err", err)
+		return false
+	}
+	return true
 }
 
 // cancel sends PostgreSQL a CancelRequest for what b is running, and waits

@@ -617,9 +617,7 @@ func (s *session) cleanup() {
 		}
 		b.conn.SetReadDeadline(time.Time{})
 		if running {
-			if err := b.cancel(); err != nil {
-				s.log.Debug("cannot cancel the statement of a vanished client", "err", err)
-			}
+			s.srv.cancelVanished(b)
 		}
 		if clean && s.cfg.Pool.Mode == config.ModeSession {
 			if err := b.exec("DISCARD ALL"); err != nil {
