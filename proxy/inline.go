@@ -58,7 +58,8 @@ func (s *session) pumpInline() {
 		s.mu.Unlock()
 		return
 	}
-	ok := s.pumpB != b && s.tailFlush && s.inflight == 0 && s.fatal == nil &&
+	// Answers are due (ops); each later round ends with the same test.
+	ok := s.pumpB != b && s.tailFlush && s.ops.len() > 0 && s.inflight == 0 && s.fatal == nil &&
 		s.state != stateClosed && s.cfg.Pool.Mode == config.ModeTransaction
 	s.mu.Unlock()
 	for stop := !ok; !stop; {

@@ -40,14 +40,6 @@ func (s *session) pump(b *backend, done chan struct{}) {
 // or, inline, the session goroutine must go back to its client (every
 // answer is in, or COPY started). Called without mu held.
 func (s *session) pumpRound(b *backend, inline bool) (*backend, bool) {
-	if inline {
-		s.mu.Lock()
-		done := s.b != b || s.ops.len() == 0
-		s.mu.Unlock()
-		if done {
-			return b, true
-		}
-	}
 	// Block for data without holding the lock. Inline, for inlineWait
 	// at most: then a pump goroutine takes over and the session goroutine
 	// watches its client again.
