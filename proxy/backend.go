@@ -128,8 +128,12 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 		case *pgproto3.NoticeResponse:
 		case *pgproto3.ReadyForQuery:
 			conn.SetDeadline(time.Time{})
-			b.r = bufio.NewReaderSize(conn, wire.BufferSize)
-			b.w = bufio.NewWriterSize(conn, wire.BufferSize)
+			var bio io.ReadWriter = conn
+			if x := newRawIO(conn); x != nil { // not under TLS
+				bio = x
+			}
+			b.r = bufio.NewReaderSize(bio, wire.BufferSize)
+			b.w = bufio.NewWriterSize(bio, wire.BufferSize)
 			b.lastUsed = time.Now()
 			return b, nil
 		default:
@@ -193,10 +197,8 @@ func (b *backend) quiet() bool {
 		return true
 	}
 	quiet := true
-	var buf [1]byte
 	b.raw.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		quiet = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		quiet = !peekReadable(fd)
 		return true
 	})
 	return quiet

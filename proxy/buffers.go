@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"io"
 	"sync"
 	"syscall"
 
@@ -45,7 +46,7 @@ func (s *session) clientWriterLocked() *bufio.Writer {
 		s.wSmall = s.w
 	}
 	w := clientWriters.Get().(*bufio.Writer)
-	w.Reset(s.conn)
+	w.Reset(s.clientIO())
 	s.w = w
 	s.wPooled = true
 	return w
@@ -72,7 +73,7 @@ func (s *session) putClientWriterLocked() {
 func (s *session) waitClient() error {
 	if s.rawc == nil {
 		if s.r == nil {
-			s.r = bufio.NewReaderSize(s.conn, wire.BufferSize)
+			s.r = bufio.NewReaderSize(s.clientIO(), wire.BufferSize)
 		}
 		return nil
 	}
@@ -85,7 +86,7 @@ func (s *session) waitClient() error {
 	s.peekCalls = 0
 	err := s.rawc.Read(s.peekFn)
 	r := clientReaders.Get().(*bufio.Reader)
-	r.Reset(s.conn)
+	r.Reset(s.clientIO())
 	s.r = r
 	return err
 }
@@ -100,9 +101,16 @@ func (s *session) peekClient(fd uintptr) bool {
 	if s.peekCalls > 1 {
 		return true // woken by the netpoller
 	}
-	var buf [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return !(err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+	return peekReadable(fd)
+}
+
+// clientIO is what the client's buffers read from and write to: the raw
+// I/O of a plain TCP socket (rawio_linux.go), else the connection.
+func (s *session) clientIO() io.ReadWriter {
+	if s.cio != nil {
+		return s.cio
+	}
+	return s.conn
 }
 
 // initClientBuffers prepares the buffer handling once the client is logged

@@ -45,8 +45,11 @@ type session struct {
 	conn net.Conn
 	r    *bufio.Reader // client reader: session goroutine only; nil while waiting (buffers.go)
 	// Pooled client buffers (buffers.go): rawc is the plain client socket
-	// (nil under TLS); wSmall is s.w while no pooled writer is held (mu).
+	// (nil under TLS), cio its raw I/O (rawio_linux.go; nil under TLS and
+	// outside Linux: see clientIO); wSmall is s.w while no pooled writer is
+	// held (mu).
 	rawc      syscall.RawConn
+	cio       *rawIO
 	peekFn    func(fd uintptr) bool
 	peekCalls int
 	wSmall    *bufio.Writer

@@ -34,7 +34,7 @@ func (s *session) startup(ctx context.Context) error {
 	tlsDone := false
 	for {
 		var err error
-		st, err = wire.ReadStartup(s.conn, 0)
+		st, err = wire.ReadStartup(s.clientIO(), 0)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isNetErr(err) {
 				s.sendFatal(err)
@@ -62,6 +62,7 @@ func (s *session) startup(ctx context.Context) error {
 				return err
 			}
 			s.conn = tc
+			s.cio = nil
 			s.w.Reset(tc)
 			if s.r != nil {
 				s.r.Reset(tc)
@@ -116,7 +117,8 @@ func (s *session) startup(ctx context.Context) error {
 	if err := s.w.Flush(); err != nil {
 		return err
 	}
-	be := pgproto3.NewBackend(s.conn, s.conn)
+	cio := s.clientIO()
+	be := pgproto3.NewBackend(cio, cio)
 	actx, cancel := context.WithDeadline(ctx, deadline)
 	err = auth.AuthenticateClient(actx, be, auth.Method(s.cfg.Auth.Method), s.user, lookup)
 	cancel()
@@ -243,11 +245,12 @@ func newSession(srv *Server, c net.Conn) *session {
 		cfg:   srv.cfgNow(),
 		log:   srv.log,
 		conn:  c,
+		cio:   newRawIO(c),
 		since: time.Now(),
-		w:     bufio.NewWriterSize(c, idleWriterSize), // pooled full-size writers: buffers.go
 		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),
 	}
+	s.w = bufio.NewWriterSize(s.clientIO(), idleWriterSize) // pooled full-size writers: buffers.go
 	s.cond = sync.NewCond(&s.mu)
 	s.trace = s.log.Enabled(context.Background(), slog.LevelDebug)
 	if s.trace {

@@ -1,0 +1,22 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"net"
+	"syscall"
+)
+
+// Outside Linux the hot path uses net.Conn's own Read and Write (see
+// rawio_linux.go for why Linux does not).
+
+type rawIO struct{ net.Conn }
+
+func newRawIO(c net.Conn) *rawIO { return nil }
+
+// peekReadable reports whether fd has data or EOF (or an error) pending.
+func peekReadable(fd uintptr) bool {
+	var buf [1]byte
+	_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return !(err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+}
