@@ -85,18 +85,42 @@ func (s *session) waitClient() error {
 	}
 	s.peekCalls = 0
 	err := s.rawc.Read(s.peekFn)
-	r := clientReaders.Get().(*bufio.Reader)
-	r.Reset(s.clientIO())
-	s.r = r
+	if s.r == nil {
+		r := clientReaders.Get().(*bufio.Reader)
+		r.Reset(s.clientIO())
+		s.r = r
+	}
 	return err
 }
 
 // peekClient is the RawConn.Read callback of waitClient. Returning true
 // ends the wait, which is always safe: the buffered read that follows is
 // an ordinary blocking read. Returning false (wait for the poller) is
-// safe only after the socket said EAGAIN, so that readiness cannot have
-// been signalled already.
+// safe only after the socket said EAGAIN in this same RawConn.Read, so
+// that readiness cannot have been signalled already.
+//
+// With raw I/O (plain TCP on Linux) it reads instead of peeking: it takes
+// a pooled reader, fills it with one read(2) and keeps it when that read
+// returned anything (data, EOF, an error), or gives it back on EAGAIN and
+// waits. A query already waiting then costs one system call instead of a
+// peek and a read, and a waiting client still holds no reader.
 func (s *session) peekClient(fd uintptr) bool {
+	if s.cio != nil {
+		r := clientReaders.Get().(*bufio.Reader)
+		r.Reset(s.cio)
+		s.cio.trying, s.cio.tryFD = true, fd
+		_, err := r.Peek(1)
+		s.cio.trying = false
+		if err == errWouldBlock {
+			r.Reset(nil)
+			clientReaders.Put(r)
+			return false
+		}
+		// Data is buffered; EOF or an error comes again from the next
+		// read (bufio hands an error out once).
+		s.r = r
+		return true
+	}
 	s.peekCalls++
 	if s.peekCalls > 1 {
 		return true // woken by the netpoller

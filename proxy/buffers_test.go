@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -34,9 +35,30 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 
 // A session waiting for its client holds no reader; the message that
 // wakes it is read whole, and the reader goes back when it waits again.
+// Both ways of waiting are checked: the peek (outside Linux) and the
+// read(2) into a pooled reader (raw I/O on Linux).
 func TestWaitClientHoldsNoReader(t *testing.T) {
+	modes := []bool{false}
+	if runtime.GOOS == "linux" {
+		modes = append(modes, true) // rawio_linux.go
+	}
+	for _, raw := range modes {
+		name := "peek"
+		if raw {
+			name = "raw read"
+		}
+		t.Run(name, func(t *testing.T) { testWaitClient(t, raw) })
+	}
+}
+
+func testWaitClient(t *testing.T, raw bool) {
 	srv, cli := tcpPair(t)
 	s := &session{conn: srv}
+	if raw {
+		if s.cio = newRawIO(srv); s.cio == nil {
+			t.Fatal("no raw I/O for a plain TCP connection on Linux")
+		}
+	}
 	s.initClientBuffers()
 	if s.rawc == nil {
 		t.Fatal("plain TCP client: no raw socket for the buffer-free wait")
@@ -69,6 +91,17 @@ func TestWaitClientHoldsNoReader(t *testing.T) {
 		if err != nil || string(body[:len(body)-1]) != msg {
 			t.Fatalf("round %d: body %q %v", i, body, err)
 		}
+	}
+	// A message already waiting is read at once.
+	if _, err := cli.Write(wire.AppendHeader(nil, 'S', 0)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if err := s.waitClient(); err != nil {
+		t.Fatal(err)
+	}
+	if typ, _, err := wire.PeekHeader(s.r, 1<<20); err != nil || typ != 'S' {
+		t.Fatalf("waiting message: %q %v", typ, err)
 	}
 	// The next wait gives the reader back before blocking.
 	s.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))

@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -42,7 +43,15 @@ type rawIO struct {
 	werr    syscall.Errno
 	readFn  func(uintptr) bool
 	writeFn func(uintptr) bool
+	// trying: Read is being called from inside a RawConn.Read callback
+	// on tryFD (session.tryClient) and must not wait: one read(2), and
+	// errWouldBlock on EAGAIN.
+	trying bool
+	tryFD  uintptr
 }
+
+// errWouldBlock is what a trying Read returns when the socket is empty.
+var errWouldBlock = errors.New("would block")
 
 // newRawIO returns raw I/O for a plain TCP connection, nil for anything
 // else (TLS, unix sockets in tests): callers then use the net.Conn.
@@ -64,6 +73,9 @@ func newRawIO(c net.Conn) *rawIO {
 func (x *rawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if x.trying {
+		return x.tryRead(p)
 	}
 	x.rp, x.rn, x.rerr = p, 0, 0
 	err := x.rc.Read(x.readFn) // closed socket, deadline: a *net.OpError
@@ -96,6 +108,27 @@ func (x *rawIO) readOnce(fd uintptr) bool {
 		default:
 			x.rerr = e
 			return true
+		}
+	}
+}
+
+// tryRead is Read inside a RawConn.Read callback: the fd is known and the
+// poller must not be waited on (its lock is held).
+func (x *rawIO) tryRead(p []byte) (int, error) {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, x.tryFD, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case 0:
+			if n == 0 {
+				return 0, io.EOF
+			}
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return 0, errWouldBlock
+		default:
+			return 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", e)}
 		}
 	}
 }

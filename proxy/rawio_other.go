@@ -3,6 +3,7 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"syscall"
 )
@@ -10,7 +11,13 @@ import (
 // Outside Linux the hot path uses net.Conn's own Read and Write (see
 // rawio_linux.go for why Linux does not).
 
-type rawIO struct{ net.Conn }
+type rawIO struct {
+	net.Conn
+	trying bool
+	tryFD  uintptr
+}
+
+var errWouldBlock = errors.New("would block")
 
 func newRawIO(c net.Conn) *rawIO { return nil }
 
