@@ -85,6 +85,7 @@ func (s *session) waitClient() error {
 	}
 	s.peekCalls = 0
 	err := s.rawc.Read(s.peekFn)
+	s.waited = true
 	if s.r == nil {
 		r := clientReaders.Get().(*bufio.Reader)
 		r.Reset(s.clientIO())
@@ -104,8 +105,14 @@ func (s *session) waitClient() error {
 // returned anything (data, EOF, an error), or gives it back on EAGAIN and
 // waits. A query already waiting then costs one system call instead of a
 // peek and a read, and a waiting client still holds no reader.
+//
+// Not on the first wait after login: the read's frames (bufio, rawIO)
+// inside the callback would grow a fresh goroutine's stack from 2 to
+// 4 KiB, which a client that logs in and stays idle would keep (bench
+// scenario 5; BenchmarkIdleClientMemory). Once the client has sent
+// something, handling it has grown the stack beyond that anyway.
 func (s *session) peekClient(fd uintptr) bool {
-	if s.cio != nil {
+	if s.cio != nil && s.waited {
 		r := clientReaders.Get().(*bufio.Reader)
 		r.Reset(s.cio)
 		s.cio.trying, s.cio.tryFD = true, fd

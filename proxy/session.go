@@ -52,6 +52,7 @@ type session struct {
 	cio       *rawIO
 	peekFn    func(fd uintptr) bool
 	peekCalls int
+	waited    bool // waitClient has returned once (buffers.go)
 	wSmall    *bufio.Writer
 	wPooled   bool // s.w is a pooled writer (mu)
 
