@@ -22,9 +22,55 @@ import (
 // bytes the socket no longer shows); the writer is pooled either way.
 
 var (
-	clientReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, wire.BufferSize) }}
-	clientWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, wire.BufferSize) }}
+	clientReaders = sync.Pool{New: func() any {
+		return &pooledReader{r: bufio.NewReaderSize(nil, wire.BufferSize), raw: allocRawIO()}
+	}}
+	clientWriters = sync.Pool{New: func() any {
+		return &pooledWriter{w: bufio.NewWriterSize(nil, wire.BufferSize), raw: allocRawIO()}
+	}}
 )
+
+// pooledReader and pooledWriter are a pooled client buffer with the raw
+// I/O (rawio_linux.go; nil elsewhere) it reads or writes through, bound to
+// the client's socket while a session holds them. An idle client holds
+// neither, so raw I/O costs it nothing.
+type pooledReader struct {
+	r   *bufio.Reader
+	raw *rawIO
+}
+
+type pooledWriter struct {
+	w   *bufio.Writer
+	raw *rawIO
+}
+
+// source is what a pooled buffer of s reads or writes through: its raw
+// I/O bound to the plain socket, else the connection (TLS, other systems).
+func (s *session) source(raw *rawIO) io.ReadWriter {
+	if raw != nil && s.rawc != nil {
+		raw.rc = s.rawc
+		return raw
+	}
+	return s.conn
+}
+
+// getReader takes a pooled reader for s.
+func (s *session) getReader() {
+	pr := clientReaders.Get().(*pooledReader)
+	pr.r.Reset(s.source(pr.raw))
+	s.r, s.rb = pr.r, pr
+}
+
+// putReader gives s's pooled reader back.
+func (s *session) putReader() {
+	pr := s.rb
+	s.r, s.rb = nil, nil
+	pr.r.Reset(nil)
+	if pr.raw != nil {
+		pr.raw.rc = nil
+	}
+	clientReaders.Put(pr)
+}
 
 // idleWriterSize is the buffer of the small writer a session keeps while
 // it holds no pooled writer. The proxy's own paths take a pooled writer
@@ -45,11 +91,11 @@ func (s *session) clientWriterLocked() *bufio.Writer {
 	if s.wSmall == nil {
 		s.wSmall = s.w
 	}
-	w := clientWriters.Get().(*bufio.Writer)
-	w.Reset(s.clientIO())
-	s.w = w
+	pw := clientWriters.Get().(*pooledWriter)
+	pw.w.Reset(s.source(pw.raw))
+	s.w, s.wb = pw.w, pw
 	s.wPooled = true
-	return w
+	return pw.w
 }
 
 // putClientWriterLocked gives the pooled writer back once it is empty
@@ -58,10 +104,19 @@ func (s *session) putClientWriterLocked() {
 	if !s.wPooled || s.w.Buffered() > 0 {
 		return
 	}
-	w := s.w
-	w.Reset(nil)
-	clientWriters.Put(w)
-	s.w = s.wSmall
+	s.dropWriterLocked()
+}
+
+// dropWriterLocked gives the pooled writer back, dropping what it holds
+// (mu held).
+func (s *session) dropWriterLocked() {
+	pw := s.wb
+	pw.w.Reset(nil)
+	if pw.raw != nil {
+		pw.raw.rc = nil
+	}
+	clientWriters.Put(pw)
+	s.w, s.wb = s.wSmall, nil
 	s.wPooled = false
 }
 
@@ -73,23 +128,18 @@ func (s *session) putClientWriterLocked() {
 func (s *session) waitClient() error {
 	if s.rawc == nil {
 		if s.r == nil {
-			s.r = bufio.NewReaderSize(s.clientIO(), wire.BufferSize)
+			s.r = bufio.NewReaderSize(s.conn, wire.BufferSize)
 		}
 		return nil
 	}
 	if s.r != nil {
-		r := s.r
-		s.r = nil
-		r.Reset(nil)
-		clientReaders.Put(r)
+		s.putReader()
 	}
 	s.peekCalls = 0
 	err := s.rawc.Read(s.peekFn)
 	s.waited = true
 	if s.r == nil {
-		r := clientReaders.Get().(*bufio.Reader)
-		r.Reset(s.clientIO())
-		s.r = r
+		s.getReader()
 	}
 	return err
 }
@@ -112,20 +162,18 @@ func (s *session) waitClient() error {
 // scenario 5; BenchmarkIdleClientMemory). Once the client has sent
 // something, handling it has grown the stack beyond that anyway.
 func (s *session) peekClient(fd uintptr) bool {
-	if s.cio != nil && s.waited {
-		r := clientReaders.Get().(*bufio.Reader)
-		r.Reset(s.cio)
-		s.cio.trying, s.cio.tryFD = true, fd
-		_, err := r.Peek(1)
-		s.cio.trying = false
+	if haveRawIO && s.waited {
+		s.getReader()
+		raw := s.rb.raw
+		raw.trying, raw.tryFD = true, fd
+		_, err := s.r.Peek(1)
+		raw.trying = false
 		if err == errWouldBlock {
-			r.Reset(nil)
-			clientReaders.Put(r)
+			s.putReader()
 			return false
 		}
 		// Data is buffered; EOF or an error comes again from the next
 		// read (bufio hands an error out once).
-		s.r = r
 		return true
 	}
 	s.peekCalls++
@@ -133,15 +181,6 @@ func (s *session) peekClient(fd uintptr) bool {
 		return true // woken by the netpoller
 	}
 	return peekReadable(fd)
-}
-
-// clientIO is what the client's buffers read from and write to: the raw
-// I/O of a plain TCP socket (rawio_linux.go), else the connection.
-func (s *session) clientIO() io.ReadWriter {
-	if s.cio != nil {
-		return s.cio
-	}
-	return s.conn
 }
 
 // initClientBuffers prepares the buffer handling once the client is logged
@@ -159,16 +198,10 @@ func (s *session) initClientBuffers() {
 // (mu held; the pump has exited).
 func (s *session) releaseClientBuffersLocked() {
 	if s.wPooled {
-		s.w.Reset(nil) // drop unflushed bytes: the client is gone
-		clientWriters.Put(s.w)
-		s.w = s.wSmall
-		s.wPooled = false
+		s.dropWriterLocked() // unflushed bytes are dropped: the client is gone
 	}
 	if s.r != nil && s.rawc != nil {
-		r := s.r
-		s.r = nil
-		r.Reset(nil)
-		clientReaders.Put(r)
+		s.putReader()
 	}
 }
 

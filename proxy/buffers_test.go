@@ -54,18 +54,19 @@ func TestWaitClientHoldsNoReader(t *testing.T) {
 func testWaitClient(t *testing.T, raw bool) {
 	srv, cli := tcpPair(t)
 	s := &session{conn: srv}
-	if raw {
-		if s.cio = newRawIO(srv); s.cio == nil {
-			t.Fatal("no raw I/O for a plain TCP connection on Linux")
-		}
-	}
 	s.initClientBuffers()
+	// The first wait after login peeks, later ones read (peekClient):
+	// pin the way under test.
+	wait := func() error {
+		s.waited = raw
+		return s.waitClient()
+	}
 	if s.rawc == nil {
 		t.Fatal("plain TCP client: no raw socket for the buffer-free wait")
 	}
 	for i, msg := range []string{"SELECT 1", "SELECT 2; SELECT 3"} {
 		woke := make(chan error, 1)
-		go func() { woke <- s.waitClient() }()
+		go func() { woke <- wait() }()
 		select {
 		case err := <-woke:
 			t.Fatalf("round %d: waitClient returned before the client wrote: %v", i, err)
@@ -83,6 +84,9 @@ func testWaitClient(t *testing.T, raw bool) {
 		if s.r == nil {
 			t.Fatalf("round %d: no reader after the wait", i)
 		}
+		if raw && (s.rb == nil || s.rb.raw == nil || s.rb.raw.rc == nil) {
+			t.Fatalf("round %d: the pooled reader does not read through raw I/O", i)
+		}
 		typ, n, err := wire.PeekHeader(s.r, 1<<20)
 		if err != nil || typ != 'Q' || n != len(msg)+1 {
 			t.Fatalf("round %d: header %q %d %v", i, typ, n, err)
@@ -97,7 +101,7 @@ func testWaitClient(t *testing.T, raw bool) {
 		t.Fatal(err)
 	}
 	time.Sleep(20 * time.Millisecond)
-	if err := s.waitClient(); err != nil {
+	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
 	if typ, _, err := wire.PeekHeader(s.r, 1<<20); err != nil || typ != 'S' {
@@ -105,7 +109,7 @@ func testWaitClient(t *testing.T, raw bool) {
 	}
 	// The next wait gives the reader back before blocking.
 	s.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	err := s.waitClient()
+	err := wait()
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("wait past the read deadline (Shutdown uses it): %v, want deadline exceeded", err)
 	}
@@ -113,7 +117,7 @@ func testWaitClient(t *testing.T, raw bool) {
 
 	// A client that leaves wakes the wait; the read then sees EOF.
 	cli.Close()
-	if err := s.waitClient(); err != nil {
+	if err := wait(); err != nil {
 		t.Fatalf("waitClient after the client closed: %v", err)
 	}
 	if _, _, err := wire.PeekHeader(s.r, 1<<20); err != io.EOF {

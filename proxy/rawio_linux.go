@@ -64,7 +64,17 @@ func newRawIO(c net.Conn) *rawIO {
 	if err != nil {
 		return nil
 	}
-	x := &rawIO{rc: rc}
+	x := allocRawIO()
+	x.rc = rc
+	return x
+}
+
+// haveRawIO: the client's pooled buffers read and write through rawIO.
+const haveRawIO = true
+
+// allocRawIO returns a rawIO bound to no socket yet (set rc before use).
+func allocRawIO() *rawIO {
+	x := &rawIO{}
 	x.readFn = x.readOnce
 	x.writeFn = x.writeAll
 	return x

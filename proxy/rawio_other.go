@@ -13,6 +13,7 @@ import (
 
 type rawIO struct {
 	net.Conn
+	rc     syscall.RawConn
 	trying bool
 	tryFD  uintptr
 }
@@ -20,6 +21,10 @@ type rawIO struct {
 var errWouldBlock = errors.New("would block")
 
 func newRawIO(c net.Conn) *rawIO { return nil }
+
+const haveRawIO = false
+
+func allocRawIO() *rawIO { return nil }
 
 // peekReadable reports whether fd has data or EOF (or an error) pending.
 func peekReadable(fd uintptr) bool {

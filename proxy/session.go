@@ -45,11 +45,12 @@ type session struct {
 	conn net.Conn
 	r    *bufio.Reader // client reader: session goroutine only; nil while waiting (buffers.go)
 	// Pooled client buffers (buffers.go): rawc is the plain client socket
-	// (nil under TLS), cio its raw I/O (rawio_linux.go; nil under TLS and
-	// outside Linux: see clientIO); wSmall is s.w while no pooled writer is
-	// held (mu).
+	// (nil under TLS); rb and wb are the pooled reader and writer s.r and
+	// s.w belong to (nil while not held); wSmall is s.w while no pooled
+	// writer is held (mu).
 	rawc      syscall.RawConn
-	cio       *rawIO
+	rb        *pooledReader
+	wb        *pooledWriter
 	peekFn    func(fd uintptr) bool
 	peekCalls int
 	waited    bool // waitClient has returned once (buffers.go)

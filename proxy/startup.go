@@ -32,9 +32,15 @@ func (s *session) startup(ctx context.Context) error {
 	s.conn.SetDeadline(deadline)
 	var st wire.Startup
 	tlsDone := false
+	// Login reads and writes through raw I/O on a plain socket
+	// (rawio_linux.go); it is garbage once the client is logged in.
+	var lio io.ReadWriter = s.conn
+	if x := newRawIO(s.conn); x != nil {
+		lio = x
+	}
 	for {
 		var err error
-		st, err = wire.ReadStartup(s.clientIO(), 0)
+		st, err = wire.ReadStartup(lio, 0)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !isNetErr(err) {
 				s.sendFatal(err)
@@ -62,7 +68,7 @@ func (s *session) startup(ctx context.Context) error {
 				return err
 			}
 			s.conn = tc
-			s.cio = nil
+			lio = tc
 			s.w.Reset(tc)
 			if s.r != nil {
 				s.r.Reset(tc)
@@ -117,8 +123,7 @@ func (s *session) startup(ctx context.Context) error {
 	if err := s.w.Flush(); err != nil {
 		return err
 	}
-	cio := s.clientIO()
-	be := pgproto3.NewBackend(cio, cio)
+	be := pgproto3.NewBackend(lio, lio)
 	actx, cancel := context.WithDeadline(ctx, deadline)
 	err = auth.AuthenticateClient(actx, be, auth.Method(s.cfg.Auth.Method), s.user, lookup)
 	cancel()
@@ -245,12 +250,11 @@ func newSession(srv *Server, c net.Conn) *session {
 		cfg:   srv.cfgNow(),
 		log:   srv.log,
 		conn:  c,
-		cio:   newRawIO(c),
 		since: time.Now(),
 		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),
 	}
-	s.w = bufio.NewWriterSize(s.clientIO(), idleWriterSize) // pooled full-size writers: buffers.go
+	s.w = bufio.NewWriterSize(c, idleWriterSize) // pooled full-size writers: buffers.go
 	s.cond = sync.NewCond(&s.mu)
 	s.trace = s.log.Enabled(context.Background(), slog.LevelDebug)
 	if s.trace {
