@@ -34,8 +34,12 @@
 // session parks on its socket without a buffer; the logged-in client is
 // served on a fresh goroutine so login's stack growth is not kept. A
 // server connection idle for less than peekAfter is lent without the
-// MSG_PEEK liveness check (pool.go). bench/ measures both (scenario 5,
-// BenchmarkIdleClientMemory, BenchmarkRoundTrip).
+// MSG_PEEK liveness check (pool.go). On Linux, plain TCP sockets are read
+// and written with raw system calls inside syscall.RawConn (rawio_linux.go),
+// so the Go runtime never takes a P from a thread preempted in a loopback
+// write; the raw I/O travels with the pooled buffers, not the session.
+// bench/ measures all of it (scenario 5, BenchmarkIdleClientMemory,
+// BenchmarkRoundTrip, the harness's system-call counts).
 //
 // # Safe points
 //

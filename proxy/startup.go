@@ -251,10 +251,10 @@ func newSession(srv *Server, c net.Conn) *session {
 		log:   srv.log,
 		conn:  c,
 		since: time.Now(),
+		w:     bufio.NewWriterSize(c, idleWriterSize), // pooled full-size writers: buffers.go
 		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),
 	}
-	s.w = bufio.NewWriterSize(c, idleWriterSize) // pooled full-size writers: buffers.go
 	s.cond = sync.NewCond(&s.mu)
 	s.trace = s.log.Enabled(context.Background(), slog.LevelDebug)
 	if s.trace {
