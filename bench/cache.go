@@ -80,7 +80,7 @@ func (r *runner) scenario6(ctx context.Context) error {
 	}
 	r.script = ""
 	r.logf("scenario 6: pgbench -S with the cache on but no rule matching vs cache off")
-	return r.interleave(6, CacheCostName, []string{PgsluiceCacheOff, Pgsluice}, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
+	return r.interleaveAlternating(6, CacheCostName, []string{PgsluiceCacheOff, Pgsluice}, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
 		return r.pgbench(ctx, t, "extended", 50, r.cfg.Duration, false, false)
 	})
 }

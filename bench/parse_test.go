@@ -244,3 +244,43 @@ func TestMarkdownAndSVG(t *testing.T) {
 		t.Error("SVG does not mark the failed PgBouncer prepared bar")
 	}
 }
+
+// interleave keeps the A B C A B C order; interleaveAlternating
+// reverses every other run (A B, B A, A B) and still files each sample
+// under its own target.
+func TestInterleaveOrder(t *testing.T) {
+	for _, tc := range []struct {
+		alternate bool
+		want      string
+	}{
+		{false, "ABCABCABC"},
+		{true, "ABCCBAABC"},
+	} {
+		r := &runner{rep: &Report{}, targets: map[string]Target{}}
+		for _, n := range []string{"A", "B", "C"} {
+			r.targets[n] = Target{Name: n}
+		}
+		var order strings.Builder
+		tps := map[string]float64{"A": 1, "B": 2, "C": 3}
+		err := r.interleaveOrder(7, "x", []string{"A", "B", "C"}, 3, tc.alternate, func(tg Target) (Sample, error) {
+			order.WriteString(tg.Name)
+			return Sample{TPS: tps[tg.Name]}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if order.String() != tc.want {
+			t.Errorf("alternate=%v: order %s, want %s", tc.alternate, order.String(), tc.want)
+		}
+		for _, c := range r.rep.Cases {
+			for _, s := range c.Runs {
+				if s.TPS != tps[c.Target] {
+					t.Errorf("alternate=%v: case %s holds a sample of another target (%v)", tc.alternate, c.Target, s.TPS)
+				}
+			}
+			if len(c.Runs) != 3 {
+				t.Errorf("case %s: %d runs, want 3", c.Target, len(c.Runs))
+			}
+		}
+	}
+}
