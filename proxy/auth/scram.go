@@ -230,6 +230,16 @@ func keyCacheKey(user, password string, doomed bool) keyCacheID {
 	return keyCacheID{user: user, sum: sha256.Sum256(append(append(append([]byte(user), 0, d), password...), 0))}
 }
 
+// decodeBase64 decodes a SCRAM base64 attribute value. RFC 5802's base64
+// has no whitespace, but encoding/base64 skips CR and LF even in strict
+// mode, so "v=\r<signature>" would decode to the signature: refuse them.
+func decodeBase64(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, errors.New("auth: line break in SCRAM base64 value")
+	}
+	return base64.StdEncoding.Strict().DecodeString(s)
+}
+
 // ServerFirst parses the client-first-message (the data of the client's
 // SASLInitialResponse) and returns the server-first-message. A gs2 header of
 // "n,," or "y,," is accepted; "p=..." (channel binding requested), an
@@ -314,7 +324,7 @@ func (s *SCRAMServer) ServerFinal(clientFinal []byte) ([]byte, error) {
 		return nil, malformed("Could not find proof in client-final-message.")
 	}
 	withoutProof := msg[:pi]
-	proof, err := base64.StdEncoding.Strict().DecodeString(msg[pi+3:])
+	proof, err := decodeBase64(msg[pi+3:])
 	if err != nil || len(proof) != scramKeyLen {
 		return nil, malformed("Malformed proof in client-final-message.")
 	}
@@ -322,7 +332,7 @@ func (s *SCRAMServer) ServerFinal(clientFinal []byte) ([]byte, error) {
 	if len(attrs) < 2 || !strings.HasPrefix(attrs[0], "c=") {
 		return nil, malformed("Expected attribute \"c\" in client-final-message.")
 	}
-	cbind, err := base64.StdEncoding.Strict().DecodeString(attrs[0][2:])
+	cbind, err := decodeBase64(attrs[0][2:])
 	if err != nil {
 		return nil, malformed("Malformed channel-binding data in client-final-message.")
 	}
@@ -426,7 +436,7 @@ func (c *SCRAMClient) ClientFinal(serverFirst []byte) ([]byte, error) {
 	if !strings.HasPrefix(nonce, c.clientNonce) || len(nonce) == len(c.clientNonce) || !validNonce(nonce) {
 		return nil, fmt.Errorf("auth: invalid SCRAM server nonce")
 	}
-	salt, err := base64.StdEncoding.Strict().DecodeString(attrs[1][2:])
+	salt, err := decodeBase64(attrs[1][2:])
 	if err != nil || len(salt) == 0 {
 		return nil, fmt.Errorf("auth: invalid SCRAM salt")
 	}
@@ -466,7 +476,7 @@ func (c *SCRAMClient) VerifyServerFinal(serverFinal []byte) error {
 	if i := strings.IndexByte(v, ','); i >= 0 {
 		v = v[:i] // extensions
 	}
-	sig, err := base64.StdEncoding.Strict().DecodeString(v)
+	sig, err := decodeBase64(v)
 	if err != nil || !hmac.Equal(sig, c.expectedSig) {
 		return errors.New("auth: SCRAM server signature is invalid")
 	}

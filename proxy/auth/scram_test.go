@@ -248,6 +248,9 @@ func TestSCRAMServerFinalMalformed(t *testing.T) {
 		{rfcClientFirst, "c=biws,r=" + nonce + ",p=", "malformed SCRAM message", "Malformed proof in client-final-message."},
 		{rfcClientFirst, "c=biws,r=" + nonce + ",p=AAAA", "malformed SCRAM message", "Malformed proof in client-final-message."},
 		{rfcClientFirst, "c=biws,r=" + nonce + ",p=!!!!", "malformed SCRAM message", "Malformed proof in client-final-message."},
+		// encoding/base64 skips line breaks even in strict mode.
+		{rfcClientFirst, "c=biws,r=" + nonce + ",p=\r" + proof[2:], "malformed SCRAM message", "Malformed proof in client-final-message."},
+		{rfcClientFirst, "c=bi\nws,r=" + nonce + "," + proof, "malformed SCRAM message", "Malformed channel-binding data in client-final-message."},
 		{rfcClientFirst, "r=" + nonce + "," + proof, "malformed SCRAM message", `Expected attribute "c" in client-final-message.`},
 		{rfcClientFirst, "c=biws," + proof, "malformed SCRAM message", `Expected attribute "c" in client-final-message.`},
 		{rfcClientFirst, "c=b!ws,r=" + nonce + "," + proof, "malformed SCRAM message", "Malformed channel-binding data in client-final-message."},
