@@ -509,22 +509,11 @@ func (r *runner) scenario2(ctx context.Context) error {
 			return err
 		}
 	}
-	if r.cfg.PerfDir != "" {
-		if _, err := exec.LookPath("perf"); err != nil {
-			r.logf("scenario 2: no perf, not profiling")
-		} else {
-			for _, tn := range proxies {
-				t := r.targets[tn]
-				path, err := perfProfile(ctx, r.cfg.PerfDir, tn, t.PID, r.cfg.Duration, func() error {
-					_, err := r.pgbench(ctx, t, "extended", 50, r.cfg.Duration, false, false)
-					return err
-				})
-				if err != nil {
-					return err
-				}
-				r.logf("  %-22s perf profile: %s", tn, path)
-			}
-		}
+	if err := r.profileProxies(ctx, "extended", func(t Target) error {
+		_, err := r.pgbench(ctx, t, "extended", 50, r.cfg.Duration, false, false)
+		return err
+	}); err != nil {
+		return err
 	}
 	if !r.cfg.Syscalls {
 		return nil
@@ -561,6 +550,28 @@ func (r *runner) scenario2(ctx context.Context) error {
 	return nil
 }
 
+// profileProxies runs fn against each proxy once more under perf record
+// when -perf is set; the flat profiles go to PerfDir as
+// "<proxy>_<name>.perf.txt".
+func (r *runner) profileProxies(ctx context.Context, name string, fn func(Target) error) error {
+	if r.cfg.PerfDir == "" {
+		return nil
+	}
+	if _, err := exec.LookPath("perf"); err != nil {
+		r.logf("  no perf, not profiling %s", name)
+		return nil
+	}
+	for _, tn := range proxies {
+		t := r.targets[tn]
+		path, err := perfProfile(ctx, r.cfg.PerfDir, tn+" "+name, t.PID, r.cfg.Duration, func() error { return fn(t) })
+		if err != nil {
+			return err
+		}
+		r.logf("  %-22s perf profile (%s): %s", tn, name, path)
+	}
+	return nil
+}
+
 // scenario3: many clients on a small pool. A 50-client case measured the
 // same way (pgbench --log, steady window) is the reference for the
 // "TPS at N ÷ TPS at 50" ratio.
@@ -585,6 +596,12 @@ func (r *runner) scenario4(ctx context.Context) error {
 	r.logf("scenario 4: churn, pgbench -C -c %d", r.cfg.ChurnClients)
 	if err := r.interleave(4, "churn", three, r.cfg.Runs, func(t Target) (Sample, error) {
 		return r.pgbench(ctx, t, "simple", r.cfg.ChurnClients, r.cfg.Duration, true, false)
+	}); err != nil {
+		return err
+	}
+	if err := r.profileProxies(ctx, "churn", func(t Target) error {
+		_, err := r.pgbench(ctx, t, "simple", r.cfg.ChurnClients, r.cfg.Duration, true, false)
+		return err
 	}); err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package bench
 
 import (
 	"encoding/xml"
+	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -204,6 +206,44 @@ func TestChecks(t *testing.T) {
 		if g, ok := got[k]; !ok || g != v {
 			t.Errorf("check %q: met=%v (present %v), want %v", k, g, ok, v)
 		}
+	}
+}
+
+// TestChurnCeiling: with the client's CPU per connection measured, the
+// churn target says how far any proxy could get.
+func TestChurnCeiling(t *testing.T) {
+	mk := func(target string, s Sample) *Case {
+		return &Case{Scenario: 4, Name: "churn", Target: target, Runs: []Sample{s}, Median: s}
+	}
+	cases := []struct {
+		name   string
+		b, s   Sample
+		want   float64
+		suffix string
+	}{
+		{"client-bound", Sample{TPS: 210, CPUPerTxnUs: 400, ClientCPUPerTxnUs: 8000}, Sample{TPS: 200, CPUPerTxnUs: 800, ClientCPUPerTxnUs: 8000},
+			1.05, "; ceiling 1.05× with pgbench at 8.0 ms of CPU per connection"},
+		{"mean of both clients", Sample{TPS: 210, CPUPerTxnUs: 300, ClientCPUPerTxnUs: 1000}, Sample{TPS: 200, CPUPerTxnUs: 800, ClientCPUPerTxnUs: 2000},
+			1.2, "; ceiling 1.20× with pgbench at 1.5 ms of CPU per connection"},
+		{"no client CPU", Sample{TPS: 210, CPUPerTxnUs: 300}, Sample{TPS: 200, CPUPerTxnUs: 800}, 0, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b, s := mk(PgBouncer, c.b), mk(Pgsluice, c.s)
+			if got := churnCeiling(b, s); math.Abs(got-c.want) > 1e-9 {
+				t.Errorf("churnCeiling = %v, want %v", got, c.want)
+			}
+			r := &Report{Cases: []*Case{b, s}}
+			var m string
+			for _, ch := range Checks(r) {
+				if ch.What == "churn (pgbench -C) TPS vs PgBouncer" {
+					m = ch.Measured
+				}
+			}
+			if want := fmt.Sprintf("%.2f× (200 vs 210)", 200.0/210) + c.suffix; m != want {
+				t.Errorf("measured %q, want %q", m, want)
+			}
+		})
 	}
 }
 

@@ -67,7 +67,7 @@ func env(tb testing.TB) (*local.Cluster, string) {
 			shared.err = fmt.Errorf("proxy.New: %w", err)
 			return
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := proxy.Listen("127.0.0.1:0") // as cmd/pgsluice listens
 		if err != nil {
 			shared.err = err
 			return

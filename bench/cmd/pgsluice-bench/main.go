@@ -39,7 +39,7 @@ func run() int {
 	idle := flag.Int("idle", 0, "idle clients in scenario 5 (default 5000)")
 	auth := flag.String("auth", "scram-sha-256", "client authentication of both proxies: scram-sha-256 or md5")
 	syscalls := flag.Bool("syscalls", false, "also count the proxies' system calls per transaction with strace -c (scenario 2)")
-	perfDir := flag.String("perf", "", "profile both proxies with perf record during an extra scenario-2 extended run; flat profiles go to this directory")
+	perfDir := flag.String("perf", "", "profile both proxies with perf record during an extra scenario-2 extended run and an extra scenario-4 churn run; flat profiles go to this directory")
 	timeout := flag.Duration("timeout", 0, "abort the whole run after this long (default: 4m quick, 15m full)")
 	flag.Parse()
 
