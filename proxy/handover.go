@@ -37,7 +37,7 @@ const handoverQuiet = 100 * time.Millisecond
 // for the client and the admin listeners. On systems other than Linux it is
 // a plain listener and a handover cannot share the port.
 func Listen(addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: reuseportControl}
+	lc := net.ListenConfig{Control: reuseportControl, KeepAlive: listenKeepAlive}
 	// Plain TCP: Go listens with MPTCP by default where the kernel has it,
 	// and MPTCP sockets refuse the reuseport program (EOPNOTSUPP).
 	lc.SetMultipathTCP(false)

@@ -14,17 +14,42 @@ const (
 	soAttachReuseportCBPF = 51
 )
 
-// reuseportControl sets SO_REUSEPORT before bind.
+// reuseportControl sets SO_REUSEPORT before bind, and the options every
+// accepted client socket should have (listenerOptions).
 func reuseportControl(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
 		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, soReuseport, 1)
+		for _, o := range listenerOptions {
+			if serr == nil {
+				serr = syscall.SetsockoptInt(int(fd), o.level, o.name, o.value)
+			}
+		}
 	})
 	if err != nil {
 		return err
 	}
 	return serr
 }
+
+// listenerOptions are set once on the listening socket. Linux copies a
+// listener's socket options to each socket it accepts, so a new client
+// costs no setsockopt for them. Go would otherwise set keepalive on every
+// accepted connection (four setsockopt calls, each a blocking system call
+// to the Go scheduler, which wakes its monitor thread when the process was
+// idle): Listen turns that off (ListenConfig.KeepAlive < 0). The values
+// are Go's defaults: first probe after 15 s idle, then every 15 s, 9
+// probes. (TCP_NODELAY is set by Go's Accept itself.)
+var listenerOptions = []struct{ level, name, value int }{
+	{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, 15},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, 15},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, 9},
+}
+
+// listenKeepAlive is ListenConfig.KeepAlive for Listen: negative, because
+// the accepted sockets inherit keepalive from the listener.
+const listenKeepAlive = -1
 
 // steerToNewest attaches to ln's reuseport group a program that picks
 // socket 1: the newer of two processes during a handover, out of range

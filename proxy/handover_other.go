@@ -13,6 +13,10 @@ import (
 
 func reuseportControl(network, address string, c syscall.RawConn) error { return nil }
 
+// listenKeepAlive is ListenConfig.KeepAlive for Listen: Go's default
+// keepalive on each accepted connection.
+const listenKeepAlive = 0
+
 func steerToNewest(ln net.Listener) error { return nil }
 
 func acceptQueueLen(ln net.Listener) int { return -1 }

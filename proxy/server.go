@@ -196,10 +196,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		if s.handingOver.Load() {
 			s.handoverAccepted(ln)
 		}
-		if tc, ok := c.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-			tc.SetKeepAlive(true)
-		}
+		// No socket options here: Go's Accept sets TCP_NODELAY, and
+		// keepalive comes from Listen's listener (or Go's default).
 		sess := newSession(s, c)
 		s.mu.Lock()
 		s.sessions[sess] = struct{}{}

@@ -55,12 +55,12 @@ func (s *session) startup(ctx context.Context) error {
 				return err
 			}
 			if s.srv.tlsConfig == nil {
-				if _, err := s.conn.Write([]byte{'N'}); err != nil {
+				if _, err := lio.Write([]byte{'N'}); err != nil {
 					return err
 				}
 				continue
 			}
-			if _, err := s.conn.Write([]byte{'S'}); err != nil {
+			if _, err := lio.Write([]byte{'S'}); err != nil {
 				return err
 			}
 			tc := tlsServer(s.conn, s.srv.tlsConfig)
@@ -76,7 +76,7 @@ func (s *session) startup(ctx context.Context) error {
 			tlsDone = true
 			continue
 		case wire.GSSENCRequest:
-			if _, err := s.conn.Write([]byte{'N'}); err != nil {
+			if _, err := lio.Write([]byte{'N'}); err != nil {
 				return err
 			}
 			continue
@@ -151,6 +151,7 @@ func (s *session) startup(ctx context.Context) error {
 		return err
 	}
 	s.key = s.srv.registerCancel(s)
+	s.initClientBuffers() // so that the login's last answers go out through raw I/O too
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clientWriterLocked()
