@@ -36,6 +36,12 @@ type pool struct {
 	active  int        // lent to sessions
 	waiters []*waiter  // FIFO
 	closed  bool
+	// expiry fails waiters whose pool.acquire_timeout has passed. One
+	// timer per pool, armed for the earliest deadline while anyone waits
+	// (expireWaiters), so that a wait costs no timer of its own.
+	expiry      *time.Timer
+	expiryArmed bool
+	expiryAt    time.Time // when the armed timer fires
 
 	// params caches, by settings signature, the ParameterStatus values a
 	// server connection reports once brought to those settings, so that a
@@ -52,9 +58,14 @@ type pool struct {
 // waiter is a client waiting for a connection. It receives either a backend
 // or, with b == nil, the right to open a new connection itself.
 type waiter struct {
-	ch    chan grant
-	since time.Time // when the client started waiting (SHOW POOLS maxwait)
+	ch       chan grant
+	since    time.Time // when the client started waiting (SHOW POOLS maxwait)
+	deadline time.Time // since + pool.acquire_timeout at the time it queued
 }
+
+// waiterPool recycles waiters and their channels: a waiter goes back only
+// once its channel is empty and no one holds it any more.
+var waiterPool = sync.Pool{New: func() any { return &waiter{ch: make(chan grant, 1)} }}
 
 type grant struct {
 	b   *backend
@@ -137,36 +148,99 @@ func (p *pool) acquireOnce(ctx context.Context, start time.Time) (*backend, erro
 		p.mu.Unlock()
 		return p.open(ctx)
 	}
-	w := &waiter{ch: make(chan grant, 1), since: start}
+	w := waiterPool.Get().(*waiter)
+	w.since, w.deadline = start, start.Add(p.cfg().Pool.AcquireTimeout)
 	p.waiters = append(p.waiters, w)
+	if !p.expiryArmed || w.deadline.Before(p.expiryAt) {
+		// Deadlines grow in queue order unless a reload shortened
+		// pool.acquire_timeout.
+		p.armExpiryLocked(w.deadline)
+	}
 	p.mu.Unlock()
 
-	remaining := p.cfg().Pool.AcquireTimeout - time.Since(start)
-	timer := time.NewTimer(remaining)
-	defer timer.Stop()
-	select {
-	case g := <-w.ch:
-		return p.takeGrant(ctx, g)
-	case <-timer.C:
-	case <-ctx.Done():
+	var g grant
+	if done := ctx.Done(); done == nil {
+		g = <-w.ch
+	} else {
+		select {
+		case g = <-w.ch:
+		case <-done:
+			p.mu.Lock()
+			removed := p.removeWaiterLocked(w)
+			p.mu.Unlock()
+			if removed {
+				waiterPool.Put(w)
+				return nil, ctx.Err()
+			}
+			// Granted concurrently with the cancellation: take it.
+			g = <-w.ch
+		}
 	}
-	p.mu.Lock()
+	waiterPool.Put(w)
+	return p.takeGrant(ctx, g)
+}
+
+// removeWaiterLocked takes w out of the queue; false when it was no longer
+// there (a grant is on its way).
+func (p *pool) removeWaiterLocked(w *waiter) bool {
 	for i, x := range p.waiters {
 		if x == w {
 			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
-			p.mu.Unlock()
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			p.m.acquireTimeouts.Inc()
-			return nil, pgerr.Wrap(pgerr.ErrAcquireTimeout, pgerr.TooManyConnections,
-				"pgsluice: no server connection became free within pool.acquire_timeout (%s); pool.size is %d for database %q user %q",
-				p.cfg().Pool.AcquireTimeout, p.cfg().Pool.Size, p.key.database, p.key.user)
+			return true
 		}
 	}
+	return false
+}
+
+// armExpiryLocked arms the pool's expiry timer for at (mu held).
+func (p *pool) armExpiryLocked(at time.Time) {
+	d := time.Until(at)
+	if p.expiry == nil {
+		p.expiry = time.AfterFunc(d, p.expireWaiters)
+	} else {
+		p.expiry.Reset(d)
+	}
+	p.expiryArmed, p.expiryAt = true, at
+}
+
+// expireWaiters runs when the earliest waiter's deadline is due: it fails
+// every waiter past its deadline with 53300 and re-arms for the next one.
+// A waiter served before its deadline leaves the timer armed for a time
+// nobody waits for; the early run then just re-arms.
+func (p *pool) expireWaiters() {
+	now := time.Now()
+	p.mu.Lock()
+	p.expiryArmed = false
+	var next time.Time
+	kept := p.waiters[:0]
+	var expired []*waiter
+	for _, w := range p.waiters {
+		if !w.deadline.After(now) {
+			expired = append(expired, w)
+			continue
+		}
+		if next.IsZero() || w.deadline.Before(next) {
+			next = w.deadline
+		}
+		kept = append(kept, w)
+	}
+	clear(p.waiters[len(kept):])
+	p.waiters = kept
+	if !next.IsZero() && !p.closed {
+		p.armExpiryLocked(next)
+	}
 	p.mu.Unlock()
-	// Granted concurrently with the timeout: take it.
-	return p.takeGrant(ctx, <-w.ch)
+	if len(expired) == 0 {
+		return
+	}
+	cfg := p.cfg()
+	err := pgerr.Wrap(pgerr.ErrAcquireTimeout, pgerr.TooManyConnections,
+		"pgsluice: no server connection became free within pool.acquire_timeout (%s); pool.size is %d for database %q user %q",
+		cfg.Pool.AcquireTimeout, cfg.Pool.Size, p.key.database, p.key.user)
+	for _, w := range expired {
+		p.m.acquireTimeouts.Inc()
+		w.ch <- grant{err: err}
+	}
 }
 
 func (p *pool) takeGrant(ctx context.Context, g grant) (*backend, error) {
@@ -316,6 +390,10 @@ func (p *pool) close() {
 	p.total -= len(idle)
 	waiters := p.waiters
 	p.waiters = nil
+	if p.expiry != nil {
+		p.expiry.Stop()
+		p.expiryArmed = false
+	}
 	p.mu.Unlock()
 	close(p.stop)
 	for _, b := range idle {

@@ -1,0 +1,157 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/proxy/pgerr"
+)
+
+// fullPool returns a pool with no room for a connection (pool.size 0), so
+// that every acquire waits, and the given acquire timeout.
+func fullPool(t *testing.T, timeout time.Duration) *pool {
+	cfg := config.Default()
+	cfg.Pool.Size = 0
+	cfg.Pool.AcquireTimeout = timeout
+	m := &metrics{acquireTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "t"})}
+	p := &pool{key: poolKey{database: "db", user: "u"}, log: slog.Default(), m: m, stop: make(chan struct{})}
+	p.cfgp.Store(&cfg)
+	t.Cleanup(p.close)
+	return p
+}
+
+func setAcquireTimeout(p *pool, d time.Duration) {
+	cfg := *p.cfg()
+	cfg.Pool.AcquireTimeout = d
+	p.cfgp.Store(&cfg)
+}
+
+func waitersQueued(t *testing.T, p *pool, n int) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		got := len(p.waiters)
+		p.mu.Unlock()
+		if got == n {
+			return
+		}
+	}
+	t.Fatalf("waiters never reached %d", n)
+}
+
+// Waiters share one expiry timer: each still fails with 53300 at its own
+// deadline (the timeout in force when it queued, so a reload can put a
+// later waiter's deadline first), and a waiter served in time is not
+// failed by the timer armed for it.
+func TestPoolWaiterExpiry(t *testing.T) {
+	t.Run("deadlines", func(t *testing.T) {
+		p := fullPool(t, 400*time.Millisecond)
+		type result struct {
+			name string
+			at   time.Duration
+			err  error
+		}
+		var mu sync.Mutex
+		var got []result
+		start := time.Now()
+		var wg sync.WaitGroup
+		queue := func(name string) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := p.acquireOnce(context.Background(), time.Now())
+				mu.Lock()
+				got = append(got, result{name, time.Since(start), err})
+				mu.Unlock()
+			}()
+		}
+		queue("a") // 400 ms
+		waitersQueued(t, p, 1)
+		setAcquireTimeout(p, 100*time.Millisecond)
+		queue("b") // 100 ms: due before a
+		waitersQueued(t, p, 2)
+		setAcquireTimeout(p, 700*time.Millisecond)
+		queue("c") // 700 ms
+		waitersQueued(t, p, 3)
+		wg.Wait()
+		if len(got) != 3 {
+			t.Fatalf("got %d results", len(got))
+		}
+		for i, want := range []struct {
+			name string
+			min  time.Duration
+		}{{"b", 100 * time.Millisecond}, {"a", 400 * time.Millisecond}, {"c", 700 * time.Millisecond}} {
+			r := got[i]
+			if r.name != want.name {
+				t.Errorf("expiry %d: waiter %s, want %s (order %v)", i, r.name, want.name, got)
+			}
+			if r.at < want.min {
+				t.Errorf("waiter %s failed after %v, before its deadline %v", r.name, r.at, want.min)
+			}
+			if !errors.Is(r.err, pgerr.ErrAcquireTimeout) || pgerr.ToError(r.err).Code != "53300" {
+				t.Errorf("waiter %s: %v, want the 53300 acquire timeout", r.name, r.err)
+			}
+		}
+		if n := testutil.ToFloat64(p.m.acquireTimeouts); n != 3 {
+			t.Errorf("acquire timeouts counted %v, want 3", n)
+		}
+		p.mu.Lock()
+		armed, left := p.expiryArmed, len(p.waiters)
+		p.mu.Unlock()
+		if armed || left != 0 {
+			t.Errorf("after the last expiry: timer armed %v, %d waiters", armed, left)
+		}
+	})
+	t.Run("served in time", func(t *testing.T) {
+		p := fullPool(t, 150*time.Millisecond)
+		done := make(chan error, 1)
+		var got *backend
+		go func() {
+			b, err := p.acquireOnce(context.Background(), time.Now())
+			got = b
+			done <- err
+		}()
+		waitersQueued(t, p, 1)
+		b := &backend{created: time.Now()}
+		p.mu.Lock()
+		p.active++ // as if lent
+		p.mu.Unlock()
+		p.release(b)
+		if err := <-done; err != nil || got != b {
+			t.Fatalf("served waiter: %v, %p (want %p)", err, got, b)
+		}
+		time.Sleep(300 * time.Millisecond) // the timer armed for it runs
+		if n := testutil.ToFloat64(p.m.acquireTimeouts); n != 0 {
+			t.Errorf("acquire timeouts counted %v, want 0", n)
+		}
+		p.mu.Lock()
+		armed := p.expiryArmed
+		p.mu.Unlock()
+		if armed {
+			t.Error("timer still armed with nobody waiting")
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		p := fullPool(t, time.Minute)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := p.acquireOnce(ctx, time.Now())
+			done <- err
+		}()
+		waitersQueued(t, p, 1)
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled waiter: %v", err)
+		}
+		waitersQueued(t, p, 0)
+	})
+}
