@@ -366,9 +366,11 @@ type cacheState struct {
 	// keyBuf is cacheKey's input buffer (session goroutine).
 	keyBuf []byte
 	// memo is the decision of the last Parse text classified here, so
-	// that handleParse does not classify it again.
+	// that handleParse does not classify it again. Allocated at the first
+	// use and reused: a Decision is 192 bytes, which an idle client
+	// would otherwise carry in its session.
 	memoQuery string
-	memo      routing.Decision
+	memo      *routing.Decision
 }
 
 type heldMsg struct {
@@ -712,7 +714,10 @@ func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
 		if len(held) == 0 && len(body) > 0 && body[0] == 0 {
 			if _, query, _, ok := parseMsg(body); ok && s.srv.cache.mayAsk(query) {
 				d := s.srv.classify(string(query))
-				s.cache.memoQuery, s.cache.memo = string(query), d
+				if s.cache.memo == nil {
+					s.cache.memo = new(routing.Decision)
+				}
+				s.cache.memoQuery, *s.cache.memo = string(query), d
 				if s.srv.cache.ttlFor(&d) > 0 && d.Cacheable && s.cacheIdle() {
 					s.hold(typ, body)
 					s.cache.held[0].d = &d
@@ -770,8 +775,8 @@ func (sc *serverCache) mayAsk(query []byte) bool {
 // hook just made for it.
 func (s *session) classifyParse(query []byte) routing.Decision {
 	if s.cache.memoQuery != "" && s.cache.memoQuery == string(query) {
-		d := s.cache.memo
-		s.cache.memoQuery, s.cache.memo = "", routing.Decision{}
+		d := *s.cache.memo
+		s.cache.memoQuery, *s.cache.memo = "", routing.Decision{}
 		return d
 	}
 	return s.srv.classifyBytes(query)

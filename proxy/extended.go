@@ -52,6 +52,15 @@ func stmtName(sig string, query, paramTypes []byte) string {
 	return "pgsluice_" + hex.EncodeToString(sum[:])
 }
 
+// addStmt records a client's named statement. The map is made at the
+// first one: most clients never name a statement.
+func (s *session) addStmt(name []byte, info *stmtInfo) {
+	if s.stmts == nil {
+		s.stmts = make(map[string]*stmtInfo)
+	}
+	s.stmts[string(name)] = info
+}
+
 // parseMsg splits a Parse body into name, query and the parameter-type
 // section (Int16 count + Int32 OIDs), validating its layout.
 func parseMsg(body []byte) (name, query, params []byte, ok bool) {
@@ -295,7 +304,7 @@ func (s *session) handleParse(body []byte) error {
 		// otherwise hold a pgbench thread waiting for a server while other
 		// clients of that thread hold the servers in transactions.
 		// A statement with an error is reported at its first use.
-		s.stmts[string(name)] = info
+		s.addStmt(name, info)
 		s.mu.Lock()
 		s.pushLocked(op{kind: opSynth, msg: parseComplete})
 		s.mu.Unlock()
@@ -318,7 +327,7 @@ func (s *session) handleParse(body []byte) error {
 		s.out = wire.AppendHeader(s.out, 'P', len(body))
 		s.out = append(s.out, body...)
 	} else {
-		s.stmts[string(name)] = info
+		s.addStmt(name, info)
 		if b.prepared.has(pn) {
 			s.pushLocked(op{kind: opSynth, msg: parseComplete})
 			s.mu.Unlock()

@@ -187,7 +187,7 @@ func (s *session) emitDueLocked() {
 		if s.skipping && s.skipCycle == x.cycle && !isReady(x.msg) {
 			continue
 		}
-		if len(s.retry.held) > 0 {
+		if s.retry.retryBufs != nil && len(s.retry.held) > 0 {
 			s.disarmLocked() // held server responses come first
 		}
 		s.clientWriterLocked().Write(x.msg)

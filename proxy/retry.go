@@ -44,7 +44,15 @@ type retryState struct {
 	rec   bool     // the session goroutine records what it sends
 	cycle uint64   // the recorded cycle
 	b     *backend // the replica connection the cycle was sent to
-	buf   []byte   // the bytes sent to b in the cycle
+	// The buffers are allocated when a cycle is first armed: most
+	// sessions never read from a replica, and an idle one should not
+	// carry them. nil until then.
+	*retryBufs
+}
+
+// retryBufs are a retryState's buffers.
+type retryBufs struct {
+	buf []byte // the bytes sent to b in the cycle
 	// ops are the ops queued for the cycle, in order (mu): those already
 	// completed are queued again for the replay.
 	ops []op
@@ -97,6 +105,9 @@ func (s *session) noteRetryLocked(d *routing.Decision) {
 		}
 	}
 	r.rec, r.armed, r.cycle, r.b = true, true, s.cycle, s.b
+	if r.retryBufs == nil {
+		r.retryBufs = &retryBufs{}
+	}
 	r.buf = r.buf[:0]
 	r.ops = r.ops[:0]
 	r.held = r.held[:0]
@@ -150,7 +161,7 @@ func (s *session) holdLocked(b *backend, n int) error {
 // disarmLocked ends the chance of a retry: held responses go to the client.
 func (s *session) disarmLocked() {
 	s.retry.armed = false
-	if len(s.retry.held) > 0 {
+	if s.retry.retryBufs != nil && len(s.retry.held) > 0 {
 		s.clientWriterLocked().Write(s.retry.held)
 		s.retry.held = s.retry.held[:0]
 	}

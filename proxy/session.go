@@ -117,7 +117,7 @@ type session struct {
 	// fatal is set when the session must end (server lost, shutdown). (mu)
 	fatal error
 
-	stmts   map[string]*stmtInfo // client statement name -> statement
+	stmts   map[string]*stmtInfo // client statement name -> statement (nil until the first: addStmt)
 	unnamed *stmtInfo
 	// unnamedSpare is a replaced unnamed statement kept for reuse
 	// (newStmtInfo, buffers.go).

@@ -253,7 +253,6 @@ func newSession(srv *Server, c net.Conn) *session {
 		conn:  c,
 		since: time.Now(),
 		w:     bufio.NewWriterSize(c, idleWriterSize), // pooled full-size writers: buffers.go
-		stmts: map[string]*stmtInfo{},
 		wake:  make(chan struct{}, 1),
 	}
 	s.cond = sync.NewCond(&s.mu)
