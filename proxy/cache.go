@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -772,14 +773,30 @@ func (sc *serverCache) mayAsk(query []byte) bool {
 }
 
 // classifyParse classifies a Parse's text, reusing the decision the cache
-// hook just made for it.
-func (s *session) classifyParse(query []byte) routing.Decision {
+// hook just made for it, or the unnamed statement's when the client sends
+// the same text again (drivers that do not name statements, pgbench -M
+// extended) and the classifier's catalog has not changed since. It also
+// returns the classifier generation the decision belongs to.
+func (s *session) classifyParse(query []byte) (routing.Decision, uint64) {
+	c := s.srv.classifier
+	gen := c.Generation()
 	if s.cache.memoQuery != "" && s.cache.memoQuery == string(query) {
 		d := *s.cache.memo
 		s.cache.memoQuery, *s.cache.memo = "", routing.Decision{}
-		return d
+		return d, gen
 	}
-	return s.srv.classifyBytes(query)
+	if u := s.unnamed; u != nil && u.gen == gen && unnamedText(u.parse, query) {
+		c.NoteHit()
+		return u.decision, gen
+	}
+	return s.srv.classifyBytes(query), gen
+}
+
+// unnamedText reports whether parse, the body of an unnamed statement's
+// Parse (NUL, text, NUL, parameter types), holds exactly the text query.
+func unnamedText(parse, query []byte) bool {
+	n := len(query)
+	return len(parse) > n+1 && parse[0] == 0 && parse[n+1] == 0 && bytes.Equal(parse[1:n+1], query)
 }
 
 func (s *session) cacheIdle() bool {

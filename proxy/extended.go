@@ -22,6 +22,7 @@ type stmtInfo struct {
 	name     string
 	parse    []byte // Parse body under the proxy-wide name, ready to send
 	decision routing.Decision
+	gen      uint64 // the classifier generation decision was made in
 }
 
 // pendingSets carries what a statement changes in the session, recorded
@@ -274,7 +275,7 @@ func (s *session) handleParse(body []byte) error {
 	if !ok {
 		return s.localError(pgerr.New(pgerr.ProtocolViolation, "invalid Parse message"), false)
 	}
-	d := s.classifyParse(query)
+	d, gen := s.classifyParse(query)
 	if d.Reason == routing.ReasonHintRejected {
 		return s.localError(errWriteToReplica, false)
 	}
@@ -289,7 +290,7 @@ func (s *session) handleParse(body []byte) error {
 		pn = stmtName(s.settings.sig, query, params)
 	}
 	info := s.newStmtInfo(pn)
-	info.decision = d
+	info.decision, info.gen = d, gen
 	info.parse = append(info.parse, pn...)
 	info.parse = append(info.parse, 0)
 	info.parse = append(info.parse, query...)

@@ -61,6 +61,7 @@ CREATE OR REPLACE FUNCTION cat_imm(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 
 	}
 	dsn := startTarget(t, cluster, withReplicaReg(prometheus.NewRegistry(), func(cfg *config.Config) {
 		cfg.Routing.CatalogRefresh = 0 // startup and DDL only
+		cfg.Routing.ReadYourWrites = "off"
 	}))
 	c := connect(t, ctx, dsn)
 	waitReplicaReads(t, ctx, c)
@@ -78,19 +79,36 @@ CREATE OR REPLACE FUNCTION cat_imm(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 
 			t.Errorf("%v: a VOLATILE user function went to the replica", mode)
 		}
 	}
-	// Through the proxy: the DDL triggers a reload.
+	// Through the proxy: the DDL triggers a reload (read_your_writes is
+	// off, so c's own DDL does not hold its reads on the primary). c has
+	// just sent the same text as its unnamed statement, whose decision a
+	// session reuses for the same text (classifyParse): the new catalog
+	// must still change it.
+	eventually(t, 10*time.Second, "SELECT cat_stable() never returned to the replica after cat_vol()", func() bool {
+		return onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", pgx.QueryExecModeExec)
+	})
 	if _, err := c.Exec(ctx, "CREATE OR REPLACE FUNCTION cat_stable() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 2'"); err != nil {
 		t.Fatal(err)
 	}
+	// Once the new catalog is in use (cat_stable() on the primary while
+	// cat_imm() still reads from the replica, so nothing else holds c's
+	// reads on the primary), the unnamed statement's old decision must
+	// not send the same text to the replica.
 	eventually(t, 10*time.Second, "cat_stable() made VOLATILE through the proxy still goes to the replica", func() bool {
-		return !onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+		return !onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol) &&
+			onReplica(t, ctx, c, "SELECT cat_imm(41), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
 	})
+	if onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", pgx.QueryExecModeExec) {
+		t.Error("the unnamed statement of a function made VOLATILE went to the replica (stale reused decision)")
+	}
 	if _, err := c.Exec(ctx, "CREATE OR REPLACE FUNCTION cat_stable() RETURNS int LANGUAGE sql STABLE AS 'SELECT 2'"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "cat_stable() made STABLE again never returns to the replica", func() bool {
-		return onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
-	})
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		eventually(t, 10*time.Second, mode.String()+": cat_stable() made STABLE again never returns to the replica", func() bool {
+			return onReplica(t, ctx, c, "SELECT cat_stable(), pg_is_in_recovery()", mode)
+		})
+	}
 }
 
 // routing.catalog_refresh reloads the catalog periodically, which catches

@@ -117,6 +117,17 @@ func (c *Classifier) SetCatalog(cat Catalog) {
 	}
 }
 
+// Generation identifies the catalog decisions are made with: it changes
+// whenever SetCatalog replaces it. A caller that keeps a decision for a
+// text (a session's last statement, say) may reuse it for the same text
+// while the generation is unchanged, and should count that reuse with
+// NoteHit.
+func (c *Classifier) Generation() uint64 { return c.gen.Load() }
+
+// NoteHit counts a decision a caller reused (see Generation) as a cache
+// hit in Stats.
+func (c *Classifier) NoteHit() { c.hits[rand.Uint32()%hitStripes].n.Add(1) }
+
 // Stats returns the number of cache hits and misses since New.
 func (c *Classifier) Stats() (hits, misses uint64) {
 	for i := range c.hits {
