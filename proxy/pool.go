@@ -39,9 +39,8 @@ type pool struct {
 	// expiry fails waiters whose pool.acquire_timeout has passed. One
 	// timer per pool, armed for the earliest deadline while anyone waits
 	// (expireWaiters), so that a wait costs no timer of its own.
-	expiry      *time.Timer
-	expiryArmed bool
-	expiryAt    time.Time // when the armed timer fires
+	expiry   *time.Timer
+	expiryAt time.Time // when the armed timer fires; zero while disarmed
 
 	// params caches, by settings signature, the ParameterStatus values a
 	// server connection reports once brought to those settings, so that a
@@ -151,7 +150,7 @@ func (p *pool) acquireOnce(ctx context.Context, start time.Time) (*backend, erro
 	w := waiterPool.Get().(*waiter)
 	w.since, w.deadline = start, start.Add(p.cfg().Pool.AcquireTimeout)
 	p.waiters = append(p.waiters, w)
-	if !p.expiryArmed || w.deadline.Before(p.expiryAt) {
+	if p.expiryAt.IsZero() || w.deadline.Before(p.expiryAt) {
 		// Deadlines grow in queue order unless a reload shortened
 		// pool.acquire_timeout.
 		p.armExpiryLocked(w.deadline)
@@ -200,7 +199,7 @@ func (p *pool) armExpiryLocked(at time.Time) {
 	} else {
 		p.expiry.Reset(d)
 	}
-	p.expiryArmed, p.expiryAt = true, at
+	p.expiryAt = at
 }
 
 // expireWaiters runs when the earliest waiter's deadline is due: it fails
@@ -210,7 +209,7 @@ func (p *pool) armExpiryLocked(at time.Time) {
 func (p *pool) expireWaiters() {
 	now := time.Now()
 	p.mu.Lock()
-	p.expiryArmed = false
+	p.expiryAt = time.Time{}
 	var next time.Time
 	kept := p.waiters[:0]
 	var expired []*waiter
@@ -392,7 +391,7 @@ func (p *pool) close() {
 	p.waiters = nil
 	if p.expiry != nil {
 		p.expiry.Stop()
-		p.expiryArmed = false
+		p.expiryAt = time.Time{}
 	}
 	p.mu.Unlock()
 	close(p.stop)

@@ -104,7 +104,7 @@ func TestPoolWaiterExpiry(t *testing.T) {
 			t.Errorf("acquire timeouts counted %v, want 3", n)
 		}
 		p.mu.Lock()
-		armed, left := p.expiryArmed, len(p.waiters)
+		armed, left := !p.expiryAt.IsZero(), len(p.waiters)
 		p.mu.Unlock()
 		if armed || left != 0 {
 			t.Errorf("after the last expiry: timer armed %v, %d waiters", armed, left)
@@ -133,7 +133,7 @@ func TestPoolWaiterExpiry(t *testing.T) {
 			t.Errorf("acquire timeouts counted %v, want 0", n)
 		}
 		p.mu.Lock()
-		armed := p.expiryArmed
+		armed := !p.expiryAt.IsZero()
 		p.mu.Unlock()
 		if armed {
 			t.Error("timer still armed with nobody waiting")
