@@ -174,7 +174,7 @@ func (c *Classifier) cached(key []byte) (Decision, bool) {
 	if e.ref.Load() == 0 {
 		e.ref.Store(1)
 	}
-	c.hits[rand.Uint32()%hitStripes].n.Add(1)
+	c.NoteHit()
 	return e.d, true
 }
 
