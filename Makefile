@@ -1,4 +1,5 @@
 # pgsluice — see README.md. The two commands that matter: `make demo`, `make test`.
+SHELL     := /bin/bash
 GO        ?= go
 GOFLAGS   ?= -mod=mod
 export GOFLAGS
@@ -25,8 +26,16 @@ vet:
 # test: every unit and integration test (real PostgreSQL primary + streaming
 # replica + Redis, started on free loopback ports), with -race, then a short
 # run of each fuzzer.
+#
+# CI shows only the tail of the output, and a failing package prints its
+# server logs last; so the output also goes to $(TESTLOG), and on failure
+# the failing tests (their "--- FAIL" lines with the log lines under them)
+# and any panic are printed again at the very end.
+TESTLOG ?= /tmp/pgsluice-test.log
 test: deps vet
-	$(GO) test -race -count=1 -p 1 -timeout $(TESTTIMEOUT) ./...
+	@set -o pipefail; $(GO) test -race -count=1 -p 1 -timeout $(TESTTIMEOUT) ./... 2>&1 | tee $(TESTLOG) || { \
+	  echo; echo "==== make test failed; the failures again (whole output in $(TESTLOG)) ===="; \
+	  ./deploy/local/scripts/test-failures.sh $(TESTLOG); exit 1; }
 	$(MAKE) fuzz-short
 
 # fuzz-short runs every Fuzz target briefly; crashers land in testdata/fuzz.
