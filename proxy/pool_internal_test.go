@@ -53,7 +53,7 @@ func waitersQueued(t *testing.T, p *pool, n int) {
 // failed by the timer armed for it.
 func TestPoolWaiterExpiry(t *testing.T) {
 	t.Run("deadlines", func(t *testing.T) {
-		p := fullPool(t, 400*time.Millisecond)
+		p := fullPool(t, 1500*time.Millisecond)
 		type result struct {
 			name string
 			at   time.Duration
@@ -73,13 +73,13 @@ func TestPoolWaiterExpiry(t *testing.T) {
 				mu.Unlock()
 			}()
 		}
-		queue("a") // 400 ms
+		queue("a") // 1.5 s
 		waitersQueued(t, p, 1)
 		setAcquireTimeout(p, 100*time.Millisecond)
-		queue("b") // 100 ms: due before a
+		queue("b") // 100 ms: due before a, even on a loaded machine
 		waitersQueued(t, p, 2)
-		setAcquireTimeout(p, 700*time.Millisecond)
-		queue("c") // 700 ms
+		setAcquireTimeout(p, 1800*time.Millisecond)
+		queue("c") // 1.8 s
 		waitersQueued(t, p, 3)
 		wg.Wait()
 		if len(got) != 3 {
@@ -88,7 +88,7 @@ func TestPoolWaiterExpiry(t *testing.T) {
 		for i, want := range []struct {
 			name string
 			min  time.Duration
-		}{{"b", 100 * time.Millisecond}, {"a", 400 * time.Millisecond}, {"c", 700 * time.Millisecond}} {
+		}{{"b", 100 * time.Millisecond}, {"a", 1500 * time.Millisecond}, {"c", 1800 * time.Millisecond}} {
 			r := got[i]
 			if r.name != want.name {
 				t.Errorf("expiry %d: waiter %s, want %s (order %v)", i, r.name, want.name, got)
@@ -128,15 +128,19 @@ func TestPoolWaiterExpiry(t *testing.T) {
 		if err := <-done; err != nil || got != b {
 			t.Fatalf("served waiter: %v, %p (want %p)", err, got, b)
 		}
-		time.Sleep(300 * time.Millisecond) // the timer armed for it runs
+		// The timer armed for it runs (150 ms; polled, as a loaded
+		// machine may run it late), disarms and fails nobody.
+		armed := true
+		for end := time.Now().Add(5 * time.Second); armed && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			p.mu.Lock()
+			armed = !p.expiryAt.IsZero()
+			p.mu.Unlock()
+		}
+		if armed {
+			t.Error("timer still armed 5 s after a deadline nobody waits for")
+		}
 		if n := testutil.ToFloat64(p.m.acquireTimeouts); n != 0 {
 			t.Errorf("acquire timeouts counted %v, want 0", n)
-		}
-		p.mu.Lock()
-		armed := !p.expiryAt.IsZero()
-		p.mu.Unlock()
-		if armed {
-			t.Error("timer still armed with nobody waiting")
 		}
 	})
 	t.Run("cancelled", func(t *testing.T) {
