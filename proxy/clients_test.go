@@ -178,8 +178,10 @@ func TestCancel(t *testing.T) {
 		if got := sqlState(err); got != "57014" {
 			t.Fatalf("round %d: err %v (SQLSTATE %q), want 57014 query_canceled", round, err, got)
 		}
-		if elapsed > 1200*time.Millisecond {
-			t.Fatalf("round %d: cancel took %v, want < 1.2s (200ms timeout + 1s)", round, elapsed)
+		// Far below the 30s sleep, so the statement was cancelled; wide
+		// enough for a loaded machine to route the cancel request.
+		if elapsed > 5*time.Second {
+			t.Fatalf("round %d: cancel took %v, want < 5s (200ms timeout, far below the 30s sleep)", round, elapsed)
 		}
 		var n int
 		if err := conn.QueryRow(ctx, "SELECT $1::int * 3", round+1).Scan(&n); err != nil || n != 3*(round+1) {

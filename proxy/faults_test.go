@@ -470,6 +470,27 @@ func waitActivity(t *testing.T, ctx context.Context, cond string, want int) {
 
 // ---- 2. pg_terminate_backend ----
 
+// waitBackendsGone waits (up to 10s) until none of pids is left in
+// pg_stat_activity on the primary: pg_terminate_backend only signals, the
+// server ends the session a moment later.
+func waitBackendsGone(t *testing.T, ctx context.Context, pids []int32) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left int
+		if err := cluster.QueryRow(ctx, cluster.Primary, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", []any{pids}, &left); err != nil {
+			t.Fatal(err)
+		}
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d terminated backends still there after 10s", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestTerminatedBackends terminates every idle server connection of a pool
 // at once: no client ever sees it (sequential and concurrent clients, pool
 // of 2). Then, with two clients in transactions, terminating one's server
@@ -498,20 +519,8 @@ func TestTerminatedBackends(t *testing.T) {
 		for _, r := range rows {
 			pids = append(pids, r[0].(int32))
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			var left int
-			if err := cluster.QueryRow(ctx, cluster.Primary, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", []any{pids}, &left); err != nil {
-				t.Fatal(err)
-			}
-			if left == 0 {
-				return len(pids)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d terminated backends still there after 10s", left)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitBackendsGone(t, ctx, pids)
+		return len(pids)
 	}
 	for round := 0; round < 5; round++ {
 		// Fill the pool with two server connections.

@@ -33,11 +33,13 @@ func TestInlineAnswers(t *testing.T) {
 			t.Fatalf("extended query %d: %v %v", i, r.Rows, r.Err)
 		}
 	}
-	// A statement slower than the inline wait (5 ms, more on a loaded
-	// machine) gets a pump; most of these get none.
+	// A statement slower than the inline wait (5 ms) gets a pump; most of
+	// these get none. Half is the bound: on a loaded machine under -race
+	// a trivial round trip sometimes takes longer than 5 ms, and with
+	// inline answers broken every one of them gets a pump.
 	got := srv.PumpsStarted() - p0
 	t.Logf("%d pump goroutines for %d one-batch transactions", got, 2*n)
-	if got > n/2 {
+	if got > n {
 		t.Errorf("%d pump goroutines for %d one-batch transactions, want most answered inline", got, 2*n)
 	}
 

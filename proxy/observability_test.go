@@ -545,8 +545,10 @@ func TestQueriesEndpointAndSlowLog(t *testing.T) {
 			t.Errorf("/queries not sorted by total time: %+v", byTime)
 		}
 	}
-	if !strings.Contains(byTime[0].Query, "pg_sleep") || byTime[0].P95Ms < 350 || byTime[0].P95Ms > 600 {
-		t.Errorf("slowest entry %+v: want a pg_sleep statement with p95 near 400ms", byTime[0])
+	// The upper bound only guards against gross errors (a unit mix-up, a
+	// wrong bucket): a loaded CI machine can stretch a 400ms sleep a lot.
+	if !strings.Contains(byTime[0].Query, "pg_sleep") || byTime[0].P95Ms < 350 || byTime[0].P95Ms > 3000 {
+		t.Errorf("slowest entry %+v: want a pg_sleep statement with p95 of 400ms (at most 3s)", byTime[0])
 	}
 	byCalls := get("?sort=calls&limit=1")
 	if len(byCalls) != 1 || byCalls[0].Calls != 6 || byCalls[0].Fingerprint != fp("SELECT 1 AS fast_one") {
@@ -562,7 +564,11 @@ func TestQueriesEndpointAndSlowLog(t *testing.T) {
 	}
 	// The slow-query log (slog text lines; the harness logs at debug level,
 	// whose message trace does show literals): only slow statements, by
-	// their normalized text.
+	// their normalized text. Both pg_sleep statements must be there. A fast
+	// statement stalled past the 250ms threshold on a loaded machine is
+	// really slow and may be logged too; it must then show a duration at
+	// or above the threshold and its normalized text (a fast statement
+	// logged below the threshold, or with its literal, still fails).
 	durRE := regexp.MustCompile(`duration_ms=([0-9.]+)`)
 	queryRE := regexp.MustCompile(`query="((?:[^"\\]|\\.)*)"`)
 	var slow []string
@@ -571,21 +577,34 @@ func TestQueriesEndpointAndSlowLog(t *testing.T) {
 			slow = append(slow, line)
 		}
 	}
-	if len(slow) != 2 {
-		t.Fatalf("%d slow-query records, want 2:\n%s", len(slow), strings.Join(slow, "\n"))
-	}
+	sleeps := 0
 	for _, line := range slow {
 		d, q := durRE.FindStringSubmatch(line), queryRE.FindStringSubmatch(line)
 		if d == nil || q == nil {
 			t.Fatalf("slow-query record without duration_ms or query: %s", line)
 		}
 		ms, _ := strconv.ParseFloat(d[1], 64)
-		if !strings.Contains(q[1], "pg_sleep($1") || ms < 350 {
-			t.Errorf("slow-query record %s: want normalized pg_sleep text and duration >= 350ms", line)
+		if strings.Contains(line, "secret-") {
+			t.Errorf("slow-query record leaks a literal: %s", line)
 		}
-		if strings.Contains(line, "secret-") || strings.Contains(line, "fast_one") {
-			t.Errorf("slow-query record leaks a literal or names a fast statement: %s", line)
+		switch {
+		case strings.Contains(q[1], "pg_sleep"):
+			sleeps++
+			if !strings.Contains(q[1], "pg_sleep($1") || ms < 350 {
+				t.Errorf("slow-query record %s: want normalized pg_sleep text and duration >= 350ms", line)
+			}
+		case strings.Contains(q[1], "fast_one"):
+			if !strings.Contains(q[1], "$1") || ms < 250 {
+				t.Errorf("slow-query record names a fast statement below the threshold or with its literal: %s", line)
+			} else {
+				t.Logf("a fast statement was stalled past the threshold (loaded machine): %s", line)
+			}
+		default:
+			t.Errorf("unexpected slow-query record: %s", line)
 		}
+	}
+	if sleeps != 2 {
+		t.Fatalf("%d pg_sleep slow-query records, want 2:\n%s", sleeps, strings.Join(slow, "\n"))
 	}
 }
 

@@ -213,8 +213,10 @@ func TestReplicaKilledDuringPgbench(t *testing.T) {
 			if err := cluster.StartNode(cluster.Replica); err != nil {
 				t.Fatal(err)
 			}
-			// Back in rotation within a few health intervals (100ms here;
-			// generous bound for a loaded machine).
+			// Back in rotation within a few health intervals (100ms here).
+			// The bound is generous: a replica just recovered from an
+			// immediate stop is slow to answer its first health checks
+			// on a loaded machine.
 			start := time.Now()
 			for {
 				if err := probe.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
@@ -224,8 +226,8 @@ func TestReplicaKilledDuringPgbench(t *testing.T) {
 					t.Logf("replica back in rotation %v after it accepted connections", time.Since(start).Round(time.Millisecond))
 					break
 				}
-				if time.Since(start) > 5*time.Second {
-					t.Fatal("replica not back in rotation 5s after it restarted")
+				if time.Since(start) > 30*time.Second {
+					t.Fatal("replica not back in rotation 30s after it restarted")
 				}
 				time.Sleep(20 * time.Millisecond)
 			}
