@@ -372,6 +372,7 @@ type cacheState struct {
 	// would otherwise carry in its session.
 	memoQuery string
 	memo      *routing.Decision
+	memoGen   uint64 // the classifier generation memo was made in
 }
 
 type heldMsg struct {
@@ -714,11 +715,13 @@ func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
 	case 'P':
 		if len(held) == 0 && len(body) > 0 && body[0] == 0 {
 			if _, query, _, ok := parseMsg(body); ok && s.srv.cache.mayAsk(query) {
-				d := s.srv.classify(string(query))
+				// The cache is on, so classify's shortcut for a proxy
+				// that neither routes nor caches does not apply.
+				d, gen := s.srv.classifier.ClassifyGen(string(query))
 				if s.cache.memo == nil {
 					s.cache.memo = new(routing.Decision)
 				}
-				s.cache.memoQuery, *s.cache.memo = string(query), d
+				s.cache.memoQuery, *s.cache.memo, s.cache.memoGen = string(query), d, gen
 				if s.srv.cache.ttlFor(&d) > 0 && d.Cacheable && s.cacheIdle() {
 					s.hold(typ, body)
 					s.cache.held[0].d = &d
@@ -776,20 +779,20 @@ func (sc *serverCache) mayAsk(query []byte) bool {
 // hook just made for it, or the unnamed statement's when the client sends
 // the same text again (drivers that do not name statements, pgbench -M
 // extended) and the classifier's catalog has not changed since. It also
-// returns the classifier generation the decision belongs to.
+// returns the classifier generation the decision was made in, which is
+// not always the current one (routing.Classifier.Generation).
 func (s *session) classifyParse(query []byte) (routing.Decision, uint64) {
 	c := s.srv.classifier
-	gen := c.Generation()
 	if s.cache.memoQuery != "" && s.cache.memoQuery == string(query) {
-		d := *s.cache.memo
+		d, gen := *s.cache.memo, s.cache.memoGen
 		s.cache.memoQuery, *s.cache.memo = "", routing.Decision{}
 		return d, gen
 	}
-	if u := s.unnamed; u != nil && u.gen == gen && unnamedText(u.parse, query) {
+	if u := s.unnamed; u != nil && u.gen == c.Generation() && unnamedText(u.parse, query) {
 		c.NoteHit()
-		return u.decision, gen
+		return u.decision, u.gen
 	}
-	return s.srv.classifyBytes(query), gen
+	return c.ClassifyBytesGen(query)
 }
 
 // unnamedText reports whether parse, the body of an unnamed statement's

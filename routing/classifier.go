@@ -55,6 +55,7 @@ type catalogBox struct{ cat Catalog }
 type entry struct {
 	key string
 	d   Decision
+	gen uint64        // the generation d was computed in
 	ref atomic.Uint32 // CLOCK reference bit
 }
 
@@ -120,8 +121,13 @@ func (c *Classifier) SetCatalog(cat Catalog) {
 // Generation identifies the catalog decisions are made with: it changes
 // whenever SetCatalog replaces it. A caller that keeps a decision for a
 // text (a session's last statement, say) may reuse it for the same text
-// while the generation is unchanged, and should count that reuse with
-// NoteHit.
+// while Generation returns the generation ClassifyGen or ClassifyBytesGen
+// gave with it, and should count that reuse with NoteHit.
+//
+// The generation read before classifying is not enough: between
+// SetCatalog's bump and its clearing of a shard, a lookup can still find
+// a decision made with the old catalog. The Gen methods return the
+// generation a cached decision was computed in.
 func (c *Classifier) Generation() uint64 { return c.gen.Load() }
 
 // NoteHit counts a decision a caller reused (see Generation) as a cache
@@ -145,37 +151,46 @@ func (c *Classifier) Stats() (hits, misses uint64) {
 // returned Decision shares its slices with the cache: callers must not
 // mutate them. Safe for concurrent use.
 func (c *Classifier) Classify(sql string) Decision {
+	d, _ := c.ClassifyGen(sql)
+	return d
+}
+
+// ClassifyGen is Classify that also returns the catalog generation the
+// decision was made in (see Generation).
+func (c *Classifier) ClassifyGen(sql string) (Decision, uint64) {
 	var buf [stackKeyBytes]byte
 	key, info := appendShape(buf[:0], sql)
 	if !c.enabled || len(key) > maxKeyBytes {
-		return c.compute(sql, info)
+		gen := c.gen.Load() // before the catalog: SetCatalog stores, then bumps
+		return c.compute(sql, info), gen
 	}
-	if d, ok := c.cached(key); ok {
-		return d
+	if d, gen, ok := c.cached(key); ok {
+		return d, gen
 	}
 	s := &c.shards[maphash.Bytes(c.seed, key)%numShards]
 	s.misses.Add(1)
 	gen := c.gen.Load()
 	d := c.compute(sql, info)
 	c.insert(s, string(key), d, gen)
-	return d
+	return d, gen
 }
 
-// cached returns the cached decision for a shape key, counting the hit.
-func (c *Classifier) cached(key []byte) (Decision, bool) {
+// cached returns the cached decision for a shape key and the generation
+// it was computed in, counting the hit.
+func (c *Classifier) cached(key []byte) (Decision, uint64, bool) {
 	if !c.enabled || len(key) > maxKeyBytes {
-		return Decision{}, false
+		return Decision{}, 0, false
 	}
 	s := &c.shards[maphash.Bytes(c.seed, key)%numShards]
 	e := (*s.snap.Load())[string(key)]
 	if e == nil {
-		return Decision{}, false
+		return Decision{}, 0, false
 	}
 	if e.ref.Load() == 0 {
 		e.ref.Store(1)
 	}
 	c.NoteHit()
-	return e.d, true
+	return e.d, e.gen, true
 }
 
 func (c *Classifier) compute(sql string, info shapeInfo) Decision {
@@ -196,7 +211,7 @@ func (c *Classifier) insert(s *shard, key string, d Decision, gen uint64) {
 	if _, ok := cur[key]; ok {
 		return
 	}
-	e := &entry{key: key, d: d}
+	e := &entry{key: key, d: d, gen: gen}
 	next := make(entryMap, len(cur)+1)
 	for k, v := range cur {
 		next[k] = v

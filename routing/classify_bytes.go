@@ -7,11 +7,18 @@ import "unsafe"
 // cache costs no copy of the text. A miss classifies a copy, since the
 // cache may keep parts of the text. Safe for concurrent use.
 func (c *Classifier) ClassifyBytes(sql []byte) Decision {
+	d, _ := c.ClassifyBytesGen(sql)
+	return d
+}
+
+// ClassifyBytesGen is ClassifyBytes that also returns the catalog
+// generation the decision was made in (see Generation).
+func (c *Classifier) ClassifyBytesGen(sql []byte) (Decision, uint64) {
 	var buf [stackKeyBytes]byte
 	// The shape key is built in buf; nothing keeps the text after this.
 	key, _ := appendShape(buf[:0], unsafe.String(unsafe.SliceData(sql), len(sql)))
-	if d, ok := c.cached(key); ok {
-		return d
+	if d, gen, ok := c.cached(key); ok {
+		return d, gen
 	}
-	return c.Classify(string(sql))
+	return c.ClassifyGen(string(sql))
 }
