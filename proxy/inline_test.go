@@ -61,11 +61,14 @@ func TestInlineAnswers(t *testing.T) {
 	}
 
 	p2 := srv.PumpsStarted()
-	r := conn.ExecParams(ctx, "SELECT pg_sleep(0.2), 7", nil, nil, nil, nil).Read()
+	// One second, far beyond the 5 ms wait: a 200 ms statement once got
+	// no pump in a -race run on a loaded machine (the wait's deadline,
+	// presumably, fired late).
+	r := conn.ExecParams(ctx, "SELECT pg_sleep(1), 7", nil, nil, nil, nil).Read()
 	if r.Err != nil || len(r.Rows) != 1 || string(r.Rows[0][1]) != "7" {
 		t.Fatalf("slow statement: %v %v", r.Rows, r.Err)
 	}
 	if got := srv.PumpsStarted() - p2; got != 1 {
-		t.Errorf("a 200 ms statement started %d pump goroutines, want 1", got)
+		t.Errorf("a 1 s statement started %d pump goroutines, want 1", got)
 	}
 }
