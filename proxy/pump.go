@@ -301,7 +301,7 @@ func (s *session) serverMessageLocked(b *backend) error {
 			noteTagRows(head, body)
 		}
 		if !drop {
-			wire.WriteMessage(s.w, 'C', body)
+			s.holdFrameLocked('C', body)
 		}
 		s.cacheCompleteLocked(head)
 		if head != nil && head.kind == opExecute {

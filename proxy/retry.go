@@ -30,10 +30,18 @@ import (
 // use without parsing themselves. Synthetic responses queued behind server
 // responses are emitted only after them, so by then the cycle is disarmed.
 //
+// The server's answers are held back (retryBufs.held) until the cycle's
+// ReadyForQuery, up to maxHeld: a server killed mid-statement flushes what
+// it had buffered, the statement's first rows included, with its FATAL
+// error (or, stopped in immediate mode, its shutdown warning), and a row
+// already forwarded would make the retry impossible.
+//
 // Cost when nothing fails: lockAttached compares the attached node with the
 // writer; on a replica, the first message of a cycle is kept by swapping
 // buffers (no copy) and later messages of the same cycle are appended to a
-// reused buffer; the pump tests one bool per server message.
+// reused buffer; the pump tests one bool per server message, and a
+// replica's answers are copied once more (into held, then to the client's
+// buffer) when the cycle ends.
 
 // retryState is the recorded cycle. armed, cycle, b are guarded by mu. rec
 // and buf belong to the session goroutine, which writes buf only while
@@ -56,12 +64,18 @@ type retryBufs struct {
 	// ops are the ops queued for the cycle, in order (mu): those already
 	// completed are queued again for the replay.
 	ops []op
-	// held are server responses that carry no result yet (ParseComplete,
-	// BindComplete, RowDescription...), kept from the client while the
-	// cycle may still be retried: a server killed mid-query flushes them
-	// together with its FATAL error. (mu)
+	// held are the cycle's server responses (ParseComplete, BindComplete,
+	// RowDescription, and results: DataRow, CommandComplete), kept from
+	// the client while the cycle may still be retried, up to maxHeld: a
+	// server killed mid-query flushes what it had buffered (a statement's
+	// first rows included) together with its FATAL error or, stopped in
+	// immediate mode, its shutdown warning. (mu)
 	held []byte
 }
+
+// maxHeld bounds the responses a retryable cycle keeps from the client;
+// past it the cycle is disarmed and they are forwarded.
+const maxHeld = 64 << 10
 
 // retryCause says why a cycle is retried.
 type retryCause uint8
@@ -122,7 +136,7 @@ func (s *session) recordOpLocked(o op) {
 
 // retryScreenLocked looks at a server message (not an ErrorResponse) while
 // the cycle is armed: a message that would reach the client disarms it,
-// except the result-less ones that holdLocked keeps back. It reports
+// except those holdLocked and holdFrameLocked keep back. It reports
 // whether it consumed the message.
 func (s *session) retryScreenLocked(b *backend, typ byte, n int, head *op, drop bool) (bool, error) {
 	switch typ {
@@ -133,6 +147,12 @@ func (s *session) retryScreenLocked(b *backend, typ byte, n int, head *op, drop 
 		return s.retryNoticeLocked(b, n)
 	case '1', '2', '3', 't', 'T', 'n':
 		return false, nil // dropped, or held by holdLocked
+	case 'D', 'C':
+		// Results are held too, unless a cache fill captures them: a
+		// replay would complete that fill a second time.
+		if head == nil || head.cap == nil {
+			return false, nil // held by holdLocked or holdFrameLocked
+		}
 	case 'A':
 	default:
 		if drop {
@@ -143,9 +163,10 @@ func (s *session) retryScreenLocked(b *backend, typ byte, n int, head *op, drop 
 	return false, nil
 }
 
-// holdLocked keeps a result-less server message back while armed.
+// holdLocked keeps a server message of n body bytes, still in b's
+// buffer, back while armed.
 func (s *session) holdLocked(b *backend, n int) error {
-	if wire.HeaderLen+n > b.r.Size() || len(s.retry.held) > 64<<10 {
+	if wire.HeaderLen+n > b.r.Size() || len(s.retry.held) > maxHeld {
 		s.disarmLocked()
 		return wire.Forward(s.w, b.r, n)
 	}
@@ -156,6 +177,20 @@ func (s *session) holdLocked(b *backend, n int) error {
 	s.retry.held = append(s.retry.held, frame...)
 	b.r.Discard(len(frame))
 	return nil
+}
+
+// holdFrameLocked keeps a server message already read (body) back while
+// armed, or forwards it.
+func (s *session) holdFrameLocked(typ byte, body []byte) {
+	if s.retry.armed {
+		if len(s.retry.held)+wire.HeaderLen+len(body) <= maxHeld {
+			s.retry.held = wire.AppendHeader(s.retry.held, typ, len(body))
+			s.retry.held = append(s.retry.held, body...)
+			return
+		}
+		s.disarmLocked()
+	}
+	wire.WriteMessage(s.w, typ, body)
 }
 
 // disarmLocked ends the chance of a retry: held responses go to the client.

@@ -245,53 +245,98 @@ func lastLines(s string, n int) string {
 
 // A read whose replica backend is terminated mid-query (FATAL 57P01) is
 // answered by the primary instead, with no error, in the simple and the
-// extended protocol (named and unnamed statements).
+// extended protocol (named and unnamed statements): before the statement
+// has produced a row, and after its first row, which the server sends
+// together with its FATAL error (as a server stopped in immediate mode
+// sends its first rows with its shutdown warning).
 func TestReadRetriedWhenReplicaBackendDies(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	reg := prometheus.NewRegistry()
 	dsn := startTarget(t, cluster, withReplicaReg(reg, nil))
-	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
-		t.Run(mode.String(), func(t *testing.T) {
-			c := connect(t, ctx, dsn)
-			waitReplicaReads(t, ctx, c)
-			marker := fmt.Sprintf("retry_marker_%d", i)
-			// A slow read (pg_sleep is volatile: it would go to the primary).
-			sql := fmt.Sprintf("SELECT count(*), pg_is_in_recovery(), '%s'::text FROM generate_series(1, 10000000)", marker)
-			done := make(chan error, 1)
-			var rec bool
-			go func() {
-				var m string
-				done <- c.QueryRow(ctx, sql, mode).Scan(nil, &rec, &m)
-			}()
-			killed := 0
-			for deadline := time.Now().Add(5 * time.Second); killed == 0 && time.Now().Before(deadline); {
-				rows, err := cluster.Query(ctx, cluster.Replica,
-					"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%'||$1||'%' AND pid <> pg_backend_pid() AND state = 'active'", marker)
-				if err != nil {
-					t.Fatal(err)
-				}
-				killed = len(rows)
-				time.Sleep(50 * time.Millisecond)
+	// Slow reads (pg_sleep is volatile: it would go to the primary). The
+	// second one produces its first row at once and its second slowly.
+	shapes := []struct {
+		name, sql string
+		rows      int
+	}{
+		{"no_row_yet", "SELECT count(*), pg_is_in_recovery(), '%s'::text FROM generate_series(1, 10000000)", 1},
+		{"first_row_sent", "SELECT (SELECT count(*) FROM generate_series(1, CASE WHEN x = 2 THEN 10000000 ELSE 1 END)), pg_is_in_recovery(), '%s'::text FROM generate_series(1, 2) x", 2},
+	}
+	retried := 0
+	for _, shape := range shapes {
+		for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
+			t.Run(shape.name+"/"+mode.String(), func(t *testing.T) {
+				retried++
+				marker := fmt.Sprintf("retry_marker_%s_%d", shape.name, i)
+				readRetriedWhenBackendDies(t, ctx, reg, dsn, mode, fmt.Sprintf(shape.sql, marker), marker, shape.rows, retried)
+			})
+		}
+	}
+}
+
+// readRetriedWhenBackendDies runs sql (which contains marker) through a
+// new client, terminates its replica backend while it runs, and checks
+// that the client gets wantRows rows from the primary and the retry
+// counter reaches wantRetries.
+func readRetriedWhenBackendDies(t *testing.T, ctx context.Context, reg *prometheus.Registry, dsn string, mode pgx.QueryExecMode, sql, marker string, wantRows, wantRetries int) {
+	c := connect(t, ctx, dsn)
+	waitReplicaReads(t, ctx, c)
+	done := make(chan error, 1)
+	var rec bool
+	go func() {
+		rows, err := c.Query(ctx, sql, mode)
+		if err != nil {
+			done <- err
+			return
+		}
+		n := 0
+		for rows.Next() {
+			var r bool
+			var m string
+			if err := rows.Scan(nil, &r, &m); err != nil {
+				done <- err
+				return
 			}
-			if killed == 0 {
-				t.Fatal("the query never ran on the replica")
-			}
-			if err := <-done; err != nil {
-				t.Fatalf("read whose replica backend was terminated: %v (want a transparent retry)", err)
-			}
-			if rec {
-				t.Error("the retried read answered in_recovery=true: it was not retried on the primary")
-			}
-			if _, _, retries := routedCounts(t, reg); retries < float64(i+1) {
-				t.Errorf("retry counter %v, want >= %d", retries, i+1)
-			}
-			// The session goes on.
-			var one int
-			if err := c.QueryRow(ctx, "SELECT 1", mode).Scan(&one); err != nil || one != 1 {
-				t.Fatalf("after the retry: %v %v", one, err)
-			}
-		})
+			rec = rec || r
+			n++
+		}
+		if err := rows.Err(); err != nil {
+			done <- err
+			return
+		}
+		if n != wantRows {
+			done <- fmt.Errorf("%d rows, want %d", n, wantRows)
+			return
+		}
+		done <- nil
+	}()
+	killed := 0
+	for deadline := time.Now().Add(5 * time.Second); killed == 0 && time.Now().Before(deadline); {
+		rows, err := cluster.Query(ctx, cluster.Replica,
+			"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%'||$1||'%' AND pid <> pg_backend_pid() AND state = 'active'", marker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		killed = len(rows)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if killed == 0 {
+		t.Fatal("the query never ran on the replica")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("read whose replica backend was terminated: %v (want a transparent retry)", err)
+	}
+	if rec {
+		t.Error("the retried read answered in_recovery=true: it was not retried on the primary")
+	}
+	if _, _, retries := routedCounts(t, reg); retries < float64(wantRetries) {
+		t.Errorf("retry counter %v, want >= %d", retries, wantRetries)
+	}
+	// The session goes on.
+	var one int
+	if err := c.QueryRow(ctx, "SELECT 1", mode).Scan(&one); err != nil || one != 1 {
+		t.Fatalf("after the retry: %v %v", one, err)
 	}
 }
 
