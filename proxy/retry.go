@@ -232,11 +232,12 @@ func (s *session) recordForRetry() []byte {
 // retryNoticeLocked handles a NoticeResponse while a cycle is armed: a
 // shutdown warning (57P01/57P02, sent by a server stopped in immediate
 // mode just before it closes the connection) is swallowed, so that the
-// cycle can still be retried; any other notice is forwarded and disarms.
-// It reports whether it consumed the message.
+// cycle can still be retried; any other notice disarms (the responses
+// held so far go to the client first) and is forwarded. It reports
+// whether it consumed the message.
 func (s *session) retryNoticeLocked(b *backend, n int) (bool, error) {
 	if n > 4096 {
-		s.retry.armed = false
+		s.disarmLocked()
 		return false, nil
 	}
 	frame, err := b.r.Peek(wire.HeaderLen + n)
@@ -247,7 +248,7 @@ func (s *session) retryNoticeLocked(b *backend, n int) (bool, error) {
 		b.r.Discard(wire.HeaderLen + n)
 		return true, nil
 	}
-	s.retry.armed = false
+	s.disarmLocked()
 	return false, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -506,5 +507,75 @@ func TestRYWWait(t *testing.T) {
 	}
 	if err := cluster.ResumeReplay(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A read on a replica that raises a NOTICE (a STABLE function may) reaches
+// the client whole and in order, in the simple and the extended protocol:
+// the notice ends the chance of a retry, and the answers held back for one
+// (ParseComplete, BindComplete, RowDescription, rows) go out before it.
+func TestReplicaReadWithNotice(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, `CREATE OR REPLACE FUNCTION notice_stable(x int) RETURNS int LANGUAGE plpgsql STABLE AS $$
+BEGIN RAISE NOTICE 'notice_stable %', x; RETURN x * 2; END $$`)
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dsn := startTarget(t, cluster, withReplicaReg(prometheus.NewRegistry(), nil))
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var notices []string
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		mu.Lock()
+		notices = append(notices, n.Message)
+		mu.Unlock()
+	}
+	c, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	waitReplicaReads(t, ctx, c)
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
+		mu.Lock()
+		notices = nil
+		mu.Unlock()
+		rows, err := c.Query(ctx, "SELECT notice_stable(x), pg_is_in_recovery() FROM generate_series(1, 3) x", mode)
+		if err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		var got []int
+		var rec bool
+		for rows.Next() {
+			var v int
+			if err := rows.Scan(&v, &rec); err != nil {
+				t.Fatalf("%v: scan: %v", mode, err)
+			}
+			got = append(got, v)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("%v: %v", mode, err)
+		}
+		if len(got) != 3 || got[0] != 2 || got[2] != 6 {
+			t.Errorf("%v: rows %v, want [2 4 6]", mode, got)
+		}
+		if !rec {
+			t.Errorf("%v: a STABLE function's read did not run on the replica", mode)
+		}
+		mu.Lock()
+		n := len(notices)
+		mu.Unlock()
+		if n != 3 {
+			t.Errorf("%v: %d notices, want 3", mode, n)
+		}
+		// The session goes on.
+		var one int
+		if err := c.QueryRow(ctx, "SELECT $1::int", i).Scan(&one); err != nil || one != i {
+			t.Fatalf("%v: after the notices: %v %v", mode, one, err)
+		}
 	}
 }
