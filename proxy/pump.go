@@ -165,6 +165,9 @@ func (s *session) pumpFailed(b *backend, err error) {
 	// session, as PostgreSQL itself would.
 	b.broken = true
 	s.fatal = err
+	if s.retry.armed {
+		s.disarmLocked() // what the server answered before it failed comes first
+	}
 	e := pgerr.Wrap(err, pgerr.ConnectionFailure, "server connection lost")
 	if pe := pgerr.ToError(err); pe.Code != pgerr.InternalError && pe.Code != pgerr.ConnectionFailure {
 		e = pe
@@ -402,6 +405,11 @@ func (s *session) serverMessageLocked(b *backend) error {
 		s.maybeReleaseLocked()
 		return nil
 	default:
+		if s.retry.armed {
+			// Screening let it through (the head op's answer is dropped);
+			// it must not pass the answers held before it.
+			s.disarmLocked()
+		}
 		return wire.Forward(s.w, b.r, n)
 	}
 }

@@ -332,8 +332,6 @@ func (s *session) retryLocked(b *backend, cause retryCause) bool {
 			return false
 		}
 	}
-	r.armed = false
-	r.held = r.held[:0]
 	failed := s.node
 	if cause == causeLost {
 		s.srv.topo.markDown(failed)
@@ -363,6 +361,11 @@ func (s *session) retryLocked(b *backend, cause retryCause) bool {
 		s.log.Warn("retry of a failed read: no server connection", "node", n.name, "err", err)
 		return false
 	}
+	// Committed to the replay: until here a refusal left the cycle armed
+	// with its held answers, for the caller to disarm (they go to the
+	// client before the error); now the replay answers again.
+	r.armed = false
+	r.held = r.held[:0]
 	// Drop b: its responses will never come.
 	b.broken = true
 	b.conn.Close()
@@ -389,6 +392,13 @@ func (s *session) retryLocked(b *backend, cause retryCause) bool {
 	}
 	for _, o := range due {
 		s.ops.push(o)
+	}
+	// A cache fill of the cycle has captured part of the first server's
+	// answer; the replay would add the same frames again. Drop the fill.
+	for i := 0; i < s.ops.len(); i++ {
+		if c := s.ops.at(i).cap; c != nil && !c.done {
+			c.abandon()
+		}
 	}
 	s.srv.m.routed(n.role(s.srv.topo), "retry")
 	_, err = nb.w.Write(msg)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pgsluice/pgsluice/config"
@@ -218,4 +219,64 @@ func TestSessionTrackingRoutingOff(t *testing.T) {
 			}
 		}
 	})
+}
+
+// When the replay of a read that turned out to write cannot run (no
+// connection to the primary within pool.acquire_timeout), the client gets
+// the replica's 25006 after the answers to the batch's earlier statements,
+// in order, and the session goes on.
+func TestRefusedRetryKeepsEarlierAnswers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, `DROP TABLE IF EXISTS ro_log2; CREATE TABLE ro_log2(n int);
+CREATE OR REPLACE FUNCTION ro_refused() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';`)
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dsn := startTarget(t, cluster, withReplicaReg(prometheus.NewRegistry(), func(cfg *config.Config) {
+		cfg.Routing.CatalogRefresh = 0
+		cfg.Routing.ReadYourWrites = "off"
+		cfg.Pool.Size = 1 // per node: one client in a transaction holds the primary's
+		cfg.Pool.AcquireTimeout = 300 * time.Millisecond
+	}))
+	b := connect(t, ctx, dsn)
+	waitReplicaReads(t, ctx, b)
+	// Behind the proxy's back the IMMUTABLE function now writes.
+	asApp(t, `CREATE OR REPLACE FUNCTION ro_refused() RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+BEGIN INSERT INTO ro_log2 VALUES (1); RETURN 1; END $$`)
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := connect(t, ctx, dsn)
+	if _, err := a.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Exec(ctx, "INSERT INTO ro_log2 VALUES (0)"); err != nil {
+		t.Fatal(err)
+	}
+	// One Sync cycle on the replica: a read, then the sneaky writer (25006
+	// there; its replay needs the primary, which a holds).
+	batch := &pgconn.Batch{}
+	batch.ExecParams("SELECT 41 + 1, pg_is_in_recovery()", nil, nil, nil, nil)
+	batch.ExecParams("SELECT ro_refused()", nil, nil, nil, nil)
+	res, err := b.PgConn().ExecBatch(ctx, batch).ReadAll()
+	if len(res) != 2 {
+		t.Fatalf("batch: %d results (%v), want 2", len(res), err)
+	}
+	if res[0].Err != nil || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "42" {
+		t.Fatalf("first statement: rows %q, err %v: its answers must come before the second's error", res[0].Rows, res[0].Err)
+	}
+	if string(res[0].Rows[0][1]) != "t" {
+		t.Errorf("first statement ran with in_recovery=%s, want the replica", res[0].Rows[0][1])
+	}
+	if res[1].Err == nil || sqlState(res[1].Err) != "25006" {
+		t.Errorf("second statement: %v, want the replica's 25006 (no primary connection for the replay)", res[1].Err)
+	}
+	if _, err := a.Exec(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	if err := b.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("after the refused retry: %v %v", one, err)
+	}
 }
