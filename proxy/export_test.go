@@ -3,3 +3,6 @@ package proxy
 // PumpsStarted is how many pump goroutines s has started (inline.go), for
 // the tests of package proxy_test.
 func (s *Server) PumpsStarted() int64 { return s.pumps.Load() }
+
+// PumpsRunning is how many of them have not ended yet.
+func (s *Server) PumpsRunning() int64 { return s.pumpsRunning.Load() }

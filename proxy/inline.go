@@ -81,6 +81,7 @@ func (s *session) ensurePumpLocked() {
 	s.pumpDone = done
 	s.pumpB = b
 	s.srv.pumps.Add(1)
+	s.srv.pumpsRunning.Add(1)
 	go s.pump(b, done)
 }
 

@@ -23,6 +23,7 @@ const maxServerMessage = 1<<30 + 1024
 // point, or a wait for a release.
 func (s *session) pump(b *backend, done chan struct{}) {
 	defer close(done)
+	defer s.srv.pumpsRunning.Add(-1)
 	if s.trace {
 		defer s.log.Debug("pump exit", "backend", b.id)
 	}

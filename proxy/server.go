@@ -44,8 +44,9 @@ type Server struct {
 	cache      *serverCache // nil when cache.backend is off
 	tlsConfig  *tls.Config
 	requireTLS bool
-	// pumps counts pump goroutines started (inline.go); tests read it.
-	pumps atomic.Int64
+	// pumps counts pump goroutines started (inline.go), pumpsRunning
+	// those not yet ended; tests read them.
+	pumps, pumpsRunning atomic.Int64
 
 	// The result cache's Registerer and logical-replication streams
 	// (cacheinval.go): databases whose stream runs (mu).
