@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -135,6 +136,27 @@ func TestCatalogPeriodicRefresh(t *testing.T) {
 	})
 }
 
+// sneakyFunc creates table (n int) and an IMMUTABLE function fn() that
+// returns 1, and waits for the replica to have them. The returned func
+// redefines fn, behind the proxy's back, to insert into table: a proxy
+// that loaded its catalog before still takes it for a read.
+func sneakyFunc(t *testing.T, ctx context.Context, table, fn string) (nowWrites func()) {
+	t.Helper()
+	asApp(t, fmt.Sprintf(`DROP TABLE IF EXISTS %[1]s; CREATE TABLE %[1]s(n int);
+CREATE OR REPLACE FUNCTION %[2]s() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';`, table, fn))
+	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		asApp(t, fmt.Sprintf(`CREATE OR REPLACE FUNCTION %[2]s() RETURNS int LANGUAGE plpgsql VOLATILE AS $$
+BEGIN INSERT INTO %[1]s VALUES (1); RETURN 1; END $$`, table, fn))
+		if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A statement taken for a read that turns out to write (here: a function
 // the proxy's catalog still believes IMMUTABLE, redefined behind its back
 // to insert) gets 25006 on the replica; outside a transaction the proxy
@@ -143,11 +165,7 @@ func TestCatalogPeriodicRefresh(t *testing.T) {
 func TestReadOnlyErrorRetriedOnPrimary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	asApp(t, `DROP TABLE IF EXISTS ro_log; CREATE TABLE ro_log(n int);
-CREATE OR REPLACE FUNCTION ro_sneaky() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';`)
-	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
-		t.Fatal(err)
-	}
+	nowWrites := sneakyFunc(t, ctx, "ro_log", "ro_sneaky")
 	reg := prometheus.NewRegistry()
 	dsn := startTarget(t, cluster, withReplicaReg(reg, func(cfg *config.Config) {
 		cfg.Routing.CatalogRefresh = 0
@@ -160,12 +178,7 @@ CREATE OR REPLACE FUNCTION ro_sneaky() RETURNS int LANGUAGE sql IMMUTABLE AS 'SE
 	eventually(t, 10*time.Second, "IMMUTABLE ro_sneaky() never reached the replica", func() bool {
 		return onReplica(t, ctx, c, "SELECT ro_sneaky(), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
 	})
-	// Behind the proxy's back: now it writes.
-	asApp(t, `CREATE OR REPLACE FUNCTION ro_sneaky() RETURNS int LANGUAGE plpgsql VOLATILE AS $$
-BEGIN INSERT INTO ro_log VALUES (1); RETURN 1; END $$`)
-	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
-		t.Fatal(err)
-	}
+	nowWrites()
 	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
 		_, _, r0 := routedCounts(t, reg)
 		if onReplica(t, ctx, c, "SELECT ro_sneaky(), pg_is_in_recovery()", mode) {
@@ -228,11 +241,7 @@ func TestSessionTrackingRoutingOff(t *testing.T) {
 func TestRefusedRetryKeepsEarlierAnswers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	asApp(t, `DROP TABLE IF EXISTS ro_log2; CREATE TABLE ro_log2(n int);
-CREATE OR REPLACE FUNCTION ro_refused() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT 1';`)
-	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
-		t.Fatal(err)
-	}
+	nowWrites := sneakyFunc(t, ctx, "ro_log2", "ro_refused")
 	dsn := startTarget(t, cluster, withReplicaReg(prometheus.NewRegistry(), func(cfg *config.Config) {
 		cfg.Routing.CatalogRefresh = 0
 		cfg.Routing.ReadYourWrites = "off"
@@ -241,12 +250,7 @@ CREATE OR REPLACE FUNCTION ro_refused() RETURNS int LANGUAGE sql IMMUTABLE AS 'S
 	}))
 	b := connect(t, ctx, dsn)
 	waitReplicaReads(t, ctx, b)
-	// Behind the proxy's back the IMMUTABLE function now writes.
-	asApp(t, `CREATE OR REPLACE FUNCTION ro_refused() RETURNS int LANGUAGE plpgsql VOLATILE AS $$
-BEGIN INSERT INTO ro_log2 VALUES (1); RETURN 1; END $$`)
-	if err := cluster.WaitReplicaCaughtUp(ctx); err != nil {
-		t.Fatal(err)
-	}
+	nowWrites()
 	a := connect(t, ctx, dsn)
 	if _, err := a.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
