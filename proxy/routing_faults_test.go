@@ -540,6 +540,10 @@ BEGIN RAISE NOTICE 'notice_stable %', x; RETURN x * 2; END $$`)
 	}
 	defer c.Close(ctx)
 	waitReplicaReads(t, ctx, c)
+	// The proxy loads the function catalog in the background at start.
+	eventually(t, 10*time.Second, "STABLE notice_stable() never reached the replica (catalog not loaded?)", func() bool {
+		return onReplica(t, ctx, c, "SELECT notice_stable(0), pg_is_in_recovery()", pgx.QueryExecModeSimpleProtocol)
+	})
 	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeCacheStatement} {
 		mu.Lock()
 		notices = nil
