@@ -475,17 +475,25 @@ func waitActivity(t *testing.T, ctx context.Context, cond string, want int) {
 // server ends the session a moment later.
 func waitBackendsGone(t *testing.T, ctx context.Context, pids []int32) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	waitCountZero(t, ctx, 10*time.Second, "terminated backends still there",
+		"SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids)
+}
+
+// waitCountZero polls the count query q on the primary until it returns
+// 0, failing the test with what after timeout.
+func waitCountZero(t *testing.T, ctx context.Context, timeout time.Duration, what, q string, args ...any) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		var left int
-		if err := cluster.QueryRow(ctx, cluster.Primary, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", []any{pids}, &left); err != nil {
+		var n int
+		if err := cluster.QueryRow(ctx, cluster.Primary, q, args, &n); err != nil {
 			t.Fatal(err)
 		}
-		if left == 0 {
+		if n == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d terminated backends still there after 10s", left)
+			t.Fatalf("%d %s after %v", n, what, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -765,28 +765,15 @@ func TestBadInput(t *testing.T) {
 	if healthyQueries.Load() == 0 {
 		t.Fatal("healthy client ran no queries")
 	}
-	// No backend of the hijacked clients lingers.
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		var n int
-		// Through the pool a server connection that served a malformed
-		// client may rest idle in the pool (still showing its last
-		// application_name); it must not be busy or in a transaction.
-		q := "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'badinput'"
-		if viaProxy {
-			q += " AND state <> 'idle'"
-		}
-		if err := cluster.QueryRow(ctx, cluster.Primary, q, nil, &n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d backends of malformed clients still alive after 3s", n)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// No backend of the hijacked clients lingers. Through the pool a
+	// server connection that served a malformed client may rest idle in
+	// the pool (still showing its last application_name); it must not be
+	// busy or in a transaction.
+	q := "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'badinput'"
+	if viaProxy {
+		q += " AND state <> 'idle'"
 	}
+	waitCountZero(t, ctx, 3*time.Second, "backends of malformed clients still alive", q)
 }
 
 // expectSurvives reads ErrorResponse 08P01 then ReadyForQuery, then checks
