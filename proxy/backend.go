@@ -34,6 +34,8 @@ type backend struct {
 	raw syscall.RawConn
 	r   *bufio.Reader
 	w   *bufio.Writer
+	// io is the raw I/O under r and w (plain TCP on Linux), else nil.
+	io *rawIO
 
 	// pid and secret are the server's real cancel key.
 	pid, secret uint32
@@ -130,7 +132,7 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 			conn.SetDeadline(time.Time{})
 			var bio io.ReadWriter = conn
 			if x := newRawIO(conn); x != nil { // not under TLS
-				bio = x
+				bio, b.io = x, x
 			}
 			b.r = bufio.NewReaderSize(bio, wire.BufferSize)
 			b.w = bufio.NewWriterSize(bio, wire.BufferSize)

@@ -7,8 +7,10 @@ import (
 )
 
 // inlineWait bounds how long the session goroutine waits for its server
-// without watching its client (see below). The deadline costs two
-// SetReadDeadline calls (about 0.3 µs) per wait.
+// without watching its client (see below). With raw I/O the deadline is
+// set only when the answer is not in the socket yet (rawIO.boundWait):
+// setting and clearing it costs two runtime timer updates, about 2 % of
+// the proxy's CPU when done on every wait.
 const inlineWait = 5 * time.Millisecond
 
 // Reading answers on the session goroutine.

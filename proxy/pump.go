@@ -46,11 +46,19 @@ func (s *session) pumpRound(b *backend, inline bool) (*backend, bool) {
 	// watches its client again.
 	wait := inline && b.r.Buffered() == 0
 	if wait {
-		b.conn.SetReadDeadline(time.Now().Add(inlineWait))
+		if b.io != nil {
+			b.io.boundWait(inlineWait)
+		} else {
+			b.conn.SetReadDeadline(time.Now().Add(inlineWait))
+		}
 	}
 	_, err := b.r.Peek(1)
 	if wait {
-		b.conn.SetReadDeadline(time.Time{})
+		if b.io != nil {
+			b.io.endWait()
+		} else {
+			b.conn.SetReadDeadline(time.Time{})
+		}
 	}
 	if err != nil {
 		if wait && errors.Is(err, os.ErrDeadlineExceeded) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -48,6 +49,11 @@ type rawIO struct {
 	// errWouldBlock on EAGAIN.
 	trying bool
 	tryFD  uintptr
+	// A bounded wait (boundWait): the read deadline is set only if the
+	// socket is empty, when the read is about to park.
+	conn    net.Conn
+	bound   time.Duration
+	bounded bool
 }
 
 // errWouldBlock is what a trying Read returns when the socket is empty.
@@ -66,7 +72,23 @@ func newRawIO(c net.Conn) *rawIO {
 	}
 	x := allocRawIO()
 	x.rc = rc
+	x.conn = c
 	return x
+}
+
+// boundWait makes the next Read wait at most d for data: a read deadline
+// d from the moment the socket is found empty. Most bounded reads find
+// their data already there and then touch no deadline (setting and
+// clearing one costs two runtime timer updates). endWait must follow the
+// Read; it clears the deadline if one was set.
+func (x *rawIO) boundWait(d time.Duration) { x.bound = d }
+
+func (x *rawIO) endWait() {
+	x.bound = 0
+	if x.bounded {
+		x.bounded = false
+		x.conn.SetReadDeadline(time.Time{})
+	}
 }
 
 // haveRawIO: the client's pooled buffers read and write through rawIO.
@@ -114,6 +136,12 @@ func (x *rawIO) readOnce(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if x.bound > 0 && !x.bounded {
+				// Inside RawConn.Read, before it parks: the wait that
+				// follows sees the deadline.
+				x.bounded = true
+				x.conn.SetReadDeadline(time.Now().Add(x.bound))
+			}
 			return false
 		default:
 			x.rerr = e

@@ -91,6 +91,57 @@ func TestRawIO(t *testing.T) {
 		a.SetReadDeadline(time.Time{})
 	})
 
+	// boundWait: an empty socket times out after the bound; data already
+	// there is read with no deadline set; endWait leaves none behind.
+	t.Run("bounded wait", func(t *testing.T) {
+		a, b := tcpPair(t)
+		x := newRawIO(a)
+		buf := make([]byte, 4)
+
+		x.boundWait(30 * time.Millisecond)
+		start := time.Now()
+		// Without the bound the read would wait forever: data after 5 s
+		// ends it and fails the test instead.
+		rescue := time.AfterFunc(5*time.Second, func() { b.Write([]byte("none")) })
+		_, err := x.Read(buf)
+		rescue.Stop()
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("bounded read of an empty socket: %v, want a timeout", err)
+		}
+		if d := time.Since(start); d < 25*time.Millisecond || d > 5*time.Second {
+			t.Fatalf("bounded read returned after %v, want about 30ms", d)
+		}
+		if !x.bounded {
+			t.Fatal("a wait that parked set no deadline")
+		}
+		x.endWait()
+		if x.bounded || x.bound != 0 {
+			t.Fatal("endWait left the bound set")
+		}
+
+		// Data already there: read at once, no deadline touched.
+		b.Write([]byte("abcd"))
+		time.Sleep(20 * time.Millisecond)
+		x.boundWait(time.Nanosecond) // would time out at once if set
+		if n, err := x.Read(buf); n != 4 || err != nil {
+			t.Fatalf("bounded read with data waiting: %d, %v", n, err)
+		}
+		if x.bounded {
+			t.Fatal("a read that found data set a deadline")
+		}
+		x.endWait()
+
+		// No deadline is left behind: a later unbounded read waits for
+		// data arriving after 100 ms, well past both bounds.
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			b.Write([]byte("late"))
+		}()
+		if n, err := x.Read(buf); n != 4 || err != nil || string(buf) != "late" {
+			t.Fatalf("unbounded read after endWait: %q, %v", buf[:n], err)
+		}
+	})
+
 	t.Run("closed while reading", func(t *testing.T) {
 		a, _ := tcpPair(t)
 		x := newRawIO(a)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"syscall"
+	"time"
 )
 
 // Outside Linux the hot path uses net.Conn's own Read and Write (see
@@ -21,6 +22,9 @@ type rawIO struct {
 var errWouldBlock = errors.New("would block")
 
 func newRawIO(c net.Conn) *rawIO { return nil }
+
+func (x *rawIO) boundWait(d time.Duration) {}
+func (x *rawIO) endWait()                  {}
 
 const haveRawIO = false
 
