@@ -324,3 +324,63 @@ func TestInterleaveOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundSpread: the per-round range pairs run i with run i, skips
+// failed or empty rounds, and says nothing with fewer than two.
+func TestRoundSpread(t *testing.T) {
+	mk := func(runs ...Sample) *Case { return &Case{Runs: runs} }
+	cases := []struct {
+		name string
+		a, b *Case
+		f    func(a, b Sample) (float64, bool)
+		fmt  string
+		unit string
+		want string
+	}{
+		{"ratio", mk(Sample{TPS: 90}, Sample{TPS: 120}, Sample{TPS: 100}), mk(Sample{TPS: 100}, Sample{TPS: 100}, Sample{TPS: 100}),
+			quotient(tps), "%.2f", "×", "; per round 0.90–1.20×"},
+		{"paired by round, not sorted", mk(Sample{CPUPerTxnUs: 60}, Sample{CPUPerTxnUs: 40}), mk(Sample{CPUPerTxnUs: 30}, Sample{CPUPerTxnUs: 40}),
+			quotient(cpu), "%.2f", "×", "; per round 1.00–2.00×"},
+		{"difference", mk(Sample{P50us: 300}, Sample{P50us: 260}), mk(Sample{P50us: 250}, Sample{P50us: 240}),
+			difference(p50), "%.0f", " µs", "; per round 20–50 µs"},
+		{"failed and empty rounds skipped", mk(Sample{TPS: 90}, Sample{TPS: 1, Err: "boom"}, Sample{TPS: 0}, Sample{TPS: 110}),
+			mk(Sample{TPS: 100}, Sample{TPS: 100}, Sample{TPS: 100}, Sample{TPS: 100}), quotient(tps), "%.2f", "×", "; per round 0.90–1.10×"},
+		{"one usable round", mk(Sample{TPS: 90}, Sample{TPS: 1, Err: "boom"}), mk(Sample{TPS: 100}, Sample{TPS: 100}), quotient(tps), "%.2f", "×", ""},
+		{"unequal run counts", mk(Sample{TPS: 90}, Sample{TPS: 80}, Sample{TPS: 70}), mk(Sample{TPS: 100}, Sample{TPS: 100}), quotient(tps), "%.2f", "×", "; per round 0.80–0.90×"},
+		{"missing case", nil, mk(Sample{TPS: 100}), quotient(tps), "%.2f", "×", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := roundSpread(c.a, c.b, c.f, c.fmt, c.unit); got != c.want {
+				t.Errorf("roundSpread = %q, want %q", got, c.want)
+			}
+		})
+	}
+	// In the checks: scenario 2's ratios carry the spread.
+	r := &Report{}
+	for _, pair := range [][2]float64{{9000, 10000}, {11000, 10000}, {10000, 10000}} {
+		for _, tc := range []struct {
+			target string
+			tps    float64
+		}{{PgBouncer, pair[1]}, {Pgsluice, pair[0]}} {
+			c := r.Find(2, "simple", tc.target)
+			if c == nil {
+				c = &Case{Scenario: 2, Name: "simple", Target: tc.target}
+				r.Cases = append(r.Cases, c)
+			}
+			c.Runs = append(c.Runs, Sample{TPS: tc.tps, CPUPerTxnUs: 50})
+		}
+	}
+	for _, c := range r.Cases {
+		c.Median = MedianSample(c.Runs)
+	}
+	var m string
+	for _, ch := range Checks(r) {
+		if ch.What == "TPS vs PgBouncer, 50 clients -M simple" {
+			m = ch.Measured
+		}
+	}
+	if want := "1.00× (10000 vs 10000); per round 0.90–1.10×"; m != want {
+		t.Errorf("scenario 2 check measured %q, want %q", m, want)
+	}
+}
