@@ -170,10 +170,10 @@ func churnCeiling(b, s *Case) float64 {
 // roundSpread is the range, over the interleaved rounds, of f applied to
 // the two targets' runs of the same round (run i of a with run i of b),
 // each end formatted with format and the unit after both, e.g. "; per
-// round 0.91–1.04×". A median alone
-// hides how far apart the rounds were: on this shared machine a ratio near
-// its goal is "met" in some rounds and not in others, and the reader
-// should see that. "" with fewer than two usable rounds.
+// round 0.91–1.04×". A median alone hides how far apart the rounds were:
+// on this shared machine a ratio near its goal is met in some rounds and
+// not in others, and the reader should see that. "" with fewer than two
+// usable rounds.
 func roundSpread(a, b *Case, f func(a, b Sample) (float64, bool), format, unit string) string {
 	if a == nil || b == nil {
 		return ""

@@ -187,6 +187,25 @@ func negotiateServerTLS(conn net.Conn, mode string) (net.Conn, error) {
 	return nil, fmt.Errorf("%w: unexpected answer %q to SSLRequest", pgerr.ErrProtocol, resp[0])
 }
 
+// boundWait makes the next read of b wait at most d for data, endWait
+// ends that bound. With raw I/O the deadline is set only if the socket is
+// empty (rawIO.boundWait); under TLS, or off Linux, always.
+func (b *backend) boundWait(d time.Duration) {
+	if b.io != nil {
+		b.io.boundWait(d)
+		return
+	}
+	b.conn.SetReadDeadline(time.Now().Add(d))
+}
+
+func (b *backend) endWait() {
+	if b.io != nil {
+		b.io.endWait()
+		return
+	}
+	b.conn.SetReadDeadline(time.Time{})
+}
+
 // quiet reports whether an idle connection has nothing to say: a server
 // that terminated the session (pg_terminate_backend, shutdown, crash) has
 // sent a FATAL error or closed the socket, which shows up as readable data

@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"os"
-	"time"
 
 	"github.com/pgsluice/pgsluice/proxy/pgerr"
 	"github.com/pgsluice/pgsluice/proxy/wire"
@@ -46,19 +45,11 @@ func (s *session) pumpRound(b *backend, inline bool) (*backend, bool) {
 	// watches its client again.
 	wait := inline && b.r.Buffered() == 0
 	if wait {
-		if b.io != nil {
-			b.io.boundWait(inlineWait)
-		} else {
-			b.conn.SetReadDeadline(time.Now().Add(inlineWait))
-		}
+		b.boundWait(inlineWait)
 	}
 	_, err := b.r.Peek(1)
 	if wait {
-		if b.io != nil {
-			b.io.endWait()
-		} else {
-			b.conn.SetReadDeadline(time.Time{})
-		}
+		b.endWait()
 	}
 	if err != nil {
 		if wait && errors.Is(err, os.ErrDeadlineExceeded) {
