@@ -188,7 +188,7 @@ func TestReadOnlyErrorRetriedOnPrimary(t *testing.T) {
 			t.Errorf("%v: retry counter went from %v to %v, want one retry (the replica answered 25006 first)", mode, r0, r1)
 		}
 		var n int
-		if err := c.QueryRow(ctx, "SELECT count(*) FROM ro_log /* pgsluice: route=primary */").Scan(&n); err != nil || n != i+1 {
+		if err := c.QueryRow(ctx, "/* pgsluice: route=primary */ SELECT count(*) FROM ro_log").Scan(&n); err != nil || n != i+1 {
 			t.Errorf("%v: ro_log has %d rows (err %v), want %d: the retried write must run exactly once", mode, n, err, i+1)
 		}
 	}
