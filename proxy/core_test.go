@@ -208,6 +208,27 @@ func TestServerTerminatedInTransaction(t *testing.T) {
 	}
 }
 
+// A message from an idle client that arrives after Shutdown has begun,
+// but before Shutdown's wake-up has reached its session, is refused with
+// 57P01 like any idle client's: never served.
+func TestShutdownRefusesIdleClientBeforeWakeUp(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dsn, srv := startProxy(t, cluster, nil)
+	idle := connect(t, ctx, dsn)
+	if _, err := idle.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	srv.StartDrainingOnly()
+	_, err := idle.Exec(ctx, "SELECT 1")
+	if err == nil {
+		t.Fatal("an idle client's query was served after shutdown began")
+	}
+	if code := sqlState(err); code != "57P01" {
+		t.Fatalf("idle client during shutdown: %v, want 57P01", err)
+	}
+}
+
 // SIGTERM semantics: Shutdown stops new clients, tells idle ones 57P01,
 // lets a running transaction commit, then returns.
 func TestShutdownDrains(t *testing.T) {

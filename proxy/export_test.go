@@ -6,3 +6,8 @@ func (s *Server) PumpsStarted() int64 { return s.pumps.Load() }
 
 // PumpsRunning is how many of them have not ended yet.
 func (s *Server) PumpsRunning() int64 { return s.pumpsRunning.Load() }
+
+// StartDrainingOnly sets the draining flag as Shutdown does first, without
+// closing listeners or waking idle sessions: the window a client's message
+// can fall into before Shutdown's wake-up reaches its session.
+func (s *Server) StartDrainingOnly() { s.draining.Store(true) }

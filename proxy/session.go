@@ -197,6 +197,14 @@ func (s *session) loop() {
 				return
 			}
 			err = s.waitClient()
+			if err == nil && s.srv.draining.Load() && s.idle() {
+				// Shutdown began while this client was waiting: the
+				// message it sent meanwhile is refused like any idle
+				// client's, whether or not Shutdown's wake-up (a read
+				// deadline) has reached this session yet.
+				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+				return
+			}
 		}
 		var typ byte
 		var n int
