@@ -193,7 +193,7 @@ func (s *session) loop() {
 			}
 			s.pumpInline()
 			if s.srv.draining.Load() && s.idle() {
-				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+				s.sendFatal(pgerr.ErrShuttingDown)
 				return
 			}
 			err = s.waitClient()
@@ -202,7 +202,7 @@ func (s *session) loop() {
 				// message it sent meanwhile is refused like any idle
 				// client's, whether or not Shutdown's wake-up (a read
 				// deadline) has reached this session yet.
-				s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+				s.sendFatal(pgerr.ErrShuttingDown)
 				return
 			}
 		}
@@ -242,7 +242,7 @@ func (s *session) readFailed(err error) {
 	case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
 		s.sendFatal(err)
 	case s.srv.draining.Load():
-		s.sendFatal(pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command"))
+		s.sendFatal(pgerr.ErrShuttingDown)
 	}
 }
 
