@@ -192,17 +192,15 @@ func (s *session) loop() {
 				return
 			}
 			s.pumpInline()
-			if s.srv.draining.Load() && s.idle() {
-				s.sendFatal(pgerr.ErrShuttingDown)
+			if s.refusedDraining() {
 				return
 			}
 			err = s.waitClient()
-			if err == nil && s.srv.draining.Load() && s.idle() {
-				// Shutdown began while this client was waiting: the
-				// message it sent meanwhile is refused like any idle
-				// client's, whether or not Shutdown's wake-up (a read
-				// deadline) has reached this session yet.
-				s.sendFatal(pgerr.ErrShuttingDown)
+			// Shutdown may have begun while this client waited: the
+			// message it sent meanwhile is refused like any idle
+			// client's, whether or not Shutdown's wake-up (a read
+			// deadline) has reached this session yet.
+			if err == nil && s.refusedDraining() {
 				return
 			}
 		}
@@ -232,6 +230,16 @@ func (s *session) loop() {
 			return
 		}
 	}
+}
+
+// refusedDraining tells an idle client 57P01 once Shutdown has begun;
+// true when it did (the session ends).
+func (s *session) refusedDraining() bool {
+	if !s.srv.draining.Load() || !s.idle() {
+		return false
+	}
+	s.sendFatal(pgerr.ErrShuttingDown)
+	return true
 }
 
 // readFailed ends a session whose client read failed: a malformed or
