@@ -68,7 +68,7 @@ clean:
 # bench: direct PostgreSQL vs PgBouncer vs pgsluice side by side (see
 # bench/README.md): Markdown on stdout, bench/results/latest.{json,svg}.
 # bench-quick is the short form (under 3 minutes).
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-floor
 bench:
 	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
 	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
@@ -78,6 +78,15 @@ bench-quick:
 	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
 	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
 	$(BIN)/pgsluice-bench -quick
+
+# bench-floor: scenario 8 alone (about 4 minutes): both proxies beside
+# bench/floor's minimal forwarders (goroutines, channel pool, epoll loop);
+# results in bench/results/floor/.
+bench-floor:
+	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
+	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
+	$(GO) build -o $(BIN)/pgsluice-floor ./bench/cmd/pgsluice-floor
+	$(BIN)/pgsluice-bench -scenarios 8 -out bench/results/floor
 
 # soak: the long run of issue #7 against the local cluster (no -race, so
 # RSS is the proxy's own): TestSoak for SOAK_DURATION (mixed reads, writes,

@@ -7,7 +7,8 @@
 // Run starts everything it measures and stops all of it before returning:
 // a local PostgreSQL primary (deploy/local), pgbench tables, a PgBouncer in
 // transaction mode and one or more pgsluice processes built from
-// ./cmd/pgsluice. Every server is a child of the calling process in its own
+// ./cmd/pgsluice, and for scenario 8 (make bench-floor, never by default)
+// the three minimal forwarders of bench/floor. Every server is a child of the calling process in its own
 // process group with a parent-death signal, so a harness that dies leaves
 // nothing behind; Run also kills them itself on every return path. Nothing
 // listens on any address but 127.0.0.1.

@@ -26,12 +26,21 @@ const (
 	PgsluiceCacheMem   = "pgsluice cache=memory"
 	PgsluiceCacheRedis = "pgsluice cache=redis"
 	PgsluiceCacheOff   = "pgsluice cache=off"
+	// Scenario 8: bench/floor's minimal forwarders.
+	FloorCopy = "floor copy"
+	FloorPool = "floor pool"
+	FloorLoop = "floor loop"
 )
+
+// floors maps scenario 8's targets to their bench/floor model, in report
+// order.
+var floors = []struct{ target, model string }{{FloorCopy, "copy"}, {FloorPool, "pool"}, {FloorLoop, "loop"}}
 
 // Config says what Run measures and for how long. It is a plain value.
 type Config struct {
 	PgsluiceBin  string // the pgsluice binary (built from ./cmd/pgsluice)
 	PgBouncerBin string // /usr/sbin/pgbouncer
+	FloorBin     string // bench/cmd/pgsluice-floor, for scenario 8
 	WorkDir      string // "" means a temporary directory removed afterwards
 	PoolSize     int
 	Scale        int    // pgbench -i -s
@@ -46,7 +55,7 @@ type Config struct {
 	StormClients    int
 	IdleClients     int
 	ChurnClients    int
-	Scenarios       []int // which scenarios to run (1..7)
+	Scenarios       []int // which scenarios to run (1..8)
 	// Syscalls counts the proxies' system calls per transaction with
 	// strace -c in scenario 2 (one extra run per protocol and proxy).
 	Syscalls bool
@@ -230,8 +239,25 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 	}
 
+	if slices.Contains(cfg.Scenarios, 8) {
+		for _, f := range floors {
+			r.logf("bench: starting %s (%s)", f.target, cfg.FloorBin)
+			fp, t, err := StartFloor(sctx, FloorConfig{
+				Bin: cfg.FloorBin, Name: f.target, Model: f.model, LogPath: filepath.Join(work, "floor-"+f.model+".log"),
+				ServerHost: p.Host, ServerPort: p.Port, User: local.AppUser, Password: local.AppPassword, DB: local.AppDatabase,
+				PoolSize: cfg.PoolSize,
+			})
+			if err != nil {
+				return rep, err
+			}
+			defer fp.Stop(5 * time.Second)
+			r.targets[f.target] = t
+			r.procs[f.target] = fp
+		}
+	}
+
 	// Warm up: fill both pools and PostgreSQL's buffers.
-	for _, name := range []string{Direct, PgBouncer, Pgsluice, PgsluiceNR, PgsluiceCacheMem, PgsluiceCacheRedis, PgsluiceCacheOff} {
+	for _, name := range []string{Direct, PgBouncer, Pgsluice, PgsluiceNR, PgsluiceCacheMem, PgsluiceCacheRedis, PgsluiceCacheOff, FloorCopy, FloorPool, FloorLoop} {
 		if t, ok := r.targets[name]; ok {
 			if _, err := r.pgbench(ctx, t, "simple", 50, time.Second, false, false); err != nil {
 				return rep, fmt.Errorf("warm-up %s: %w", name, err)
@@ -240,7 +266,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 
 	steps := map[int]func(context.Context) error{
-		1: r.scenario1, 2: r.scenario2, 3: r.scenario3, 4: r.scenario4, 5: r.scenario5, 6: r.scenario6, 7: r.scenario7,
+		1: r.scenario1, 2: r.scenario2, 3: r.scenario3, 4: r.scenario4, 5: r.scenario5, 6: r.scenario6, 7: r.scenario7, 8: r.scenario8,
 	}
 	for _, s := range cfg.Scenarios {
 		if ctx.Err() != nil {
@@ -683,6 +709,26 @@ func (r *runner) scenario7(ctx context.Context) error {
 			return r.pgbench(ctx, t, proto, 50, r.cfg.Duration, false, false)
 		})
 		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scenario8: scenario 2's load (50 clients, pool PoolSize) on both
+// proxies and on bench/floor's three minimal forwarders, interleaved: how
+// much of the CPU per transaction is the design (goroutines, a channel
+// pool, an epoll loop) and how much is the proxy's own work.
+func (r *runner) scenario8(ctx context.Context) error {
+	targets := []string{PgBouncer, Pgsluice}
+	for _, f := range floors {
+		targets = append(targets, f.target)
+	}
+	for _, mode := range []string{"simple", "extended"} {
+		r.logf("scenario 8: floors, 50 clients, pool %d, -M %s", r.cfg.PoolSize, mode)
+		if err := r.interleave(8, mode, targets, r.cfg.Runs2, func(t Target) (Sample, error) {
+			return r.pgbench(ctx, t, mode, 50, r.cfg.Duration, false, false)
+		}); err != nil {
 			return err
 		}
 	}

@@ -384,3 +384,40 @@ func TestRoundSpread(t *testing.T) {
 		t.Errorf("scenario 2 check measured %q, want %q", m, want)
 	}
 }
+
+// TestFloorSection: scenario 8's table puts each target's CPU beside
+// PgBouncer's, with the per-round range, and leaves a report without
+// scenario 8 alone.
+func TestFloorSection(t *testing.T) {
+	r := &Report{Config: ConfigSummary{PoolSize: 20}}
+	add := func(target string, cpus ...float64) {
+		c := &Case{Scenario: 8, Name: "simple", Target: target}
+		for _, v := range cpus {
+			c.Runs = append(c.Runs, Sample{TPS: 9000, Txns: 54000, CPUPerTxnUs: v})
+		}
+		c.Median = MedianSample(c.Runs)
+		r.Cases = append(r.Cases, c)
+	}
+	add(PgBouncer, 40, 36, 38)
+	add(Pgsluice, 52, 54, 57)
+	add(FloorLoop, 34, 54, 33)
+	add(FloorPool, 50)
+	r.Cases = append(r.Cases, &Case{Scenario: 8, Name: "simple", Target: FloorCopy, Runs: []Sample{{Err: "boom"}}, Median: Sample{Err: "boom"}})
+	md := r.Markdown()
+	for _, want := range []string{
+		"### 8. Floor: the least a forwarder costs (50 clients, pool 20)",
+		"| simple | pgbouncer | 9000 | 38.0 | – |  |",
+		"| simple | pgsluice | 9000 | 54.0 | 1.42× | 1.30–1.50× |",
+		"| simple | floor loop | 9000 | 34.0 | 0.89× | 0.85–1.50× |",
+		"| simple | floor pool | 9000 | 50.0 | 1.32× |  |",
+		"| simple | floor copy | fails¹ | fails¹ | – |  |",
+		"floor copy, scenario 8 simple: boom",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if md := sampleReport().Markdown(); strings.Contains(md, "### 8.") {
+		t.Error("a report without scenario 8 shows its section")
+	}
+}

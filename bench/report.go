@@ -367,6 +367,17 @@ func ratio(a, b *Case, get func(Sample) float64) string {
 	return fmt.Sprintf("%.2f×", get(a.Median)/get(b.Median))
 }
 
+// HasScenario reports whether any case of scenario sc was measured or
+// marked n/a.
+func (r *Report) HasScenario(sc int) bool {
+	for _, c := range r.Cases {
+		if c.Scenario == sc {
+			return true
+		}
+	}
+	return false
+}
+
 // Markdown renders the tables of every scenario that ran and the target
 // checks.
 func (r *Report) Markdown() string {
@@ -385,14 +396,7 @@ func (r *Report) Markdown() string {
 			notes = append(notes, fmt.Sprintf("%s, scenario %d %s: %s", c.Target, c.Scenario, c.Name, c.Median.Err))
 		}
 	}
-	has := func(sc int) bool {
-		for _, c := range r.Cases {
-			if c.Scenario == sc {
-				return true
-			}
-		}
-		return false
-	}
+	has := r.HasScenario
 	f0 := "%.0f"
 	f1 := "%.1f"
 	mib := func(s Sample) float64 { return float64(s.RSSKiB) / 1024 }
@@ -527,6 +531,9 @@ func (r *Report) Markdown() string {
 		}
 		w("\n")
 	}
+	if has(8) {
+		floorSection(r, w, note)
+	}
 	if len(r.Checks) > 0 {
 		w("### Issue 6 targets\n\n| scenario | target | goal | measured | met |\n|---|---|---|---|---|\n")
 		for _, c := range r.Checks {
@@ -545,4 +552,30 @@ func (r *Report) Markdown() string {
 		w("- %s\n", n)
 	}
 	return b.String()
+}
+
+// floorSection renders scenario 8: each target's TPS and CPU per
+// transaction next to PgBouncer's, with the range of the CPU ratio over
+// the interleaved rounds.
+func floorSection(r *Report, w func(string, ...any), note func(*Case)) {
+	w("### 8. Floor: the least a forwarder costs (50 clients, pool %d)\n\n", r.Config.PoolSize)
+	w("bench/floor's minimal forwarders beside both proxies: `copy` is two goroutines per client and a server connection each (no pool), `pool` one goroutine per client and a channel of %d server connections, `loop` one epoll loop on a locked thread with raw system calls (PgBouncer's design). They parse nothing but frame headers.\n\n", r.Config.PoolSize)
+	w("| -M | target | TPS | CPU/txn µs | CPU ÷ PgBouncer | per round |\n|---|---|---:|---:|---:|---|\n")
+	for _, mode := range []string{"simple", "extended"} {
+		pb := r.Find(8, mode, PgBouncer)
+		for _, tn := range []string{PgBouncer, Pgsluice, FloorCopy, FloorPool, FloorLoop} {
+			c := r.Find(8, mode, tn)
+			if c == nil {
+				continue
+			}
+			rel, spread := "–", ""
+			if tn != PgBouncer {
+				rel = ratio(c, pb, cpu)
+				spread = strings.TrimPrefix(roundSpread(c, pb, quotient(cpu), "%.2f", "×"), "; per round ")
+			}
+			w("| %s | %s | %s | %s | %s | %s |\n", mode, tn, cell(c, "%.0f", tps), cell(c, "%.1f", cpu), rel, spread)
+			note(c)
+		}
+	}
+	w("\n")
 }

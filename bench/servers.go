@@ -309,18 +309,47 @@ func StartPgsluice(ctx context.Context, c PgsluiceConfig) (*Proc, Target, error)
 		"PGSLUICE_LOG_LEVEL=warn",
 	}
 	env = append(env, c.Env...)
-	p, err := startProc(c.Name, c.LogPath, env, nil, c.Bin, c.Args...)
+	return startListening(ctx, c.Name, c.LogPath, env, port, Login{User: c.User, Password: c.Password, DB: c.DB}, c.Bin, c.Args...)
+}
+
+// startListening starts a server that will listen on 127.0.0.1:port and
+// waits (20 s at most) until l can log in through it.
+func startListening(ctx context.Context, name, logPath string, env []string, port int, l Login, prog string, args ...string) (*Proc, Target, error) {
+	p, err := startProc(name, logPath, env, nil, prog, args...)
 	if err != nil {
 		return nil, Target{}, err
 	}
-	t := Target{Name: c.Name, Host: "127.0.0.1", Port: port, PID: p.PID()}
+	t := Target{Name: name, Host: "127.0.0.1", Port: port, PID: p.PID()}
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	if err := waitLogin(wctx, p, t.Addr(), c.User, c.Password, c.DB); err != nil {
+	if err := waitLogin(wctx, p, t.Addr(), l.User, l.Password, l.DB); err != nil {
 		p.Stop(2 * time.Second)
 		return nil, Target{}, err
 	}
 	return p, t, nil
+}
+
+// FloorConfig configures StartFloor: one of bench/floor's minimal
+// forwarders (bench/cmd/pgsluice-floor) in front of the server.
+type FloorConfig struct {
+	Bin, Name, Model, LogPath string
+	ServerHost                string
+	ServerPort                int
+	User, Password, DB        string
+	PoolSize                  int
+}
+
+// StartFloor starts a floor forwarder and waits until a client can log in
+// through it.
+func StartFloor(ctx context.Context, c FloorConfig) (*Proc, Target, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, Target{}, err
+	}
+	dsn := fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", c.User, c.Password,
+		net.JoinHostPort(c.ServerHost, strconv.Itoa(c.ServerPort)), c.DB)
+	return startListening(ctx, c.Name, c.LogPath, []string{"PATH=/usr/bin:/bin"}, port, Login{User: c.User, Password: c.Password, DB: c.DB}, c.Bin,
+		"-model", c.Model, "-listen", "127.0.0.1:"+strconv.Itoa(port), "-server", dsn, "-pool", strconv.Itoa(c.PoolSize))
 }
 
 // errNA marks a measurement that does not apply to a target.

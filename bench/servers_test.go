@@ -165,12 +165,7 @@ func TestStartPgBouncer(t *testing.T) {
 // harness does (clean environment, PGSLUICE_* only).
 func TestStartPgsluiceBinary(t *testing.T) {
 	c, _ := env(t)
-	bin := filepath.Join(t.TempDir(), "pgsluice")
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/pgsluice/pgsluice/cmd/pgsluice")
-	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/pgsluice: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, "github.com/pgsluice/pgsluice/cmd/pgsluice")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p, tgt, err := bench.StartPgsluice(ctx, bench.PgsluiceConfig{
@@ -203,4 +198,54 @@ func TestStartPgsluiceBinary(t *testing.T) {
 	}
 }
 
+// buildBinary builds pkg into the test's temporary directory.
+func buildBinary(t *testing.T, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, pkg)
+	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
+}
+
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestStartFloorBinary builds cmd/pgsluice-floor and starts each model the
+// way scenario 8 does; pgbench runs through it with both protocols.
+func TestStartFloorBinary(t *testing.T) {
+	c, _ := env(t)
+	bin := buildBinary(t, "github.com/pgsluice/pgsluice/bench/cmd/pgsluice-floor")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c.Exec(ctx, c.Primary, `CREATE TABLE IF NOT EXISTS floor_t(id int primary key, v text);
+		INSERT INTO floor_t SELECT g, 'v' || g FROM generate_series(1, 100) g ON CONFLICT DO NOTHING;
+		GRANT SELECT ON floor_t TO PUBLIC`); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "floor.sql")
+	if err := os.WriteFile(script, []byte("\\set id random(1, 100)\nSELECT v FROM floor_t WHERE id = :id;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, model := range []string{"copy", "pool", "loop"} {
+		t.Run(model, func(t *testing.T) {
+			p, tgt, err := bench.StartFloor(ctx, bench.FloorConfig{
+				Bin: bin, Name: "floor " + model, Model: model, LogPath: filepath.Join(t.TempDir(), "floor.log"),
+				ServerHost: c.Primary.Host, ServerPort: c.Primary.Port, User: local.AppUser, Password: local.AppPassword,
+				DB: local.AppDatabase, PoolSize: 3,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Stop(5 * time.Second)
+			for _, mode := range []string{"simple", "extended"} {
+				res, err := bench.PgbenchRun{Bin: c.Bin("pgbench"), Host: tgt.Host, Port: tgt.Port, User: local.AppUser, Password: local.AppPassword,
+					DB: local.AppDatabase, Mode: mode, Clients: 8, Threads: 2, Transactions: 50, Script: script}.Run(ctx)
+				if err != nil || res.Txns != 400 || res.Failed != 0 || res.FirstErr != "" {
+					t.Errorf("pgbench -M %s through floor %s: %v, %d transactions (want 400), %d failed, %q", mode, model, err, res.Txns, res.Failed, res.FirstErr)
+				}
+			}
+		})
+	}
+}

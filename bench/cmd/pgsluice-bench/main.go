@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -33,7 +34,8 @@ func run() int {
 	out := flag.String("out", "bench/results", "directory for latest.json and latest.svg")
 	bin := flag.String("pgsluice", "bin/pgsluice", "pgsluice binary")
 	pgb := flag.String("pgbouncer", "/usr/sbin/pgbouncer", "pgbouncer binary")
-	scenarios := flag.String("scenarios", "1,2,3,4,5,6,7", "comma-separated scenarios to run")
+	scenarios := flag.String("scenarios", "1,2,3,4,5,6,7", "comma-separated scenarios to run; 8 (the floor forwarders of bench/floor, make bench-floor) runs only when named")
+	floorBin := flag.String("floor", "bin/pgsluice-floor", "pgsluice-floor binary (scenario 8)")
 	dur := flag.Duration("duration", 0, "duration of one pgbench run (default: 2s quick, 6s full)")
 	runs := flag.Int("runs", 0, "interleaved runs per case (default: 1 quick, 3 full; scenario 2 always >= 3)")
 	idle := flag.Int("idle", 0, "idle clients in scenario 5 (default 5000)")
@@ -72,22 +74,24 @@ func run() int {
 	cfg.Scenarios = nil
 	for _, s := range strings.Split(*scenarios, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 7 {
+		if err != nil || n < 1 || n > 8 {
 			fmt.Fprintf(os.Stderr, "pgsluice-bench: bad scenario %q\n", s)
 			return 2
 		}
 		cfg.Scenarios = append(cfg.Scenarios, n)
 	}
 	var err error
-	if cfg.PgsluiceBin, err = filepath.Abs(*bin); err != nil {
+	if cfg.PgsluiceBin, err = builtBinary(*bin, "./cmd/pgsluice"); err != nil {
 		fmt.Fprintln(os.Stderr, "pgsluice-bench:", err)
 		return 2
 	}
-	if _, err := os.Stat(cfg.PgsluiceBin); err != nil {
-		fmt.Fprintf(os.Stderr, "pgsluice-bench: %v (build it: go build -o bin/pgsluice ./cmd/pgsluice)\n", err)
-		return 2
-	}
 	cfg.PgBouncerBin = *pgb
+	if slices.Contains(cfg.Scenarios, 8) {
+		if cfg.FloorBin, err = builtBinary(*floorBin, "./bench/cmd/pgsluice-floor"); err != nil {
+			fmt.Fprintln(os.Stderr, "pgsluice-bench:", err)
+			return 2
+		}
+	}
 	start := time.Now()
 	cfg.Logf = func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
@@ -111,11 +115,28 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "pgsluice-bench:", err2)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "pgsluice-bench: wrote %s and %s in %.0fs\n", filepath.Join(*out, "latest.json"), filepath.Join(*out, "latest.svg"), time.Since(start).Seconds())
+	wrote := filepath.Join(*out, "latest.json")
+	if rep.HasScenario(2) {
+		wrote += " and " + filepath.Join(*out, "latest.svg")
+	}
+	fmt.Fprintf(os.Stderr, "pgsluice-bench: wrote %s in %.0fs\n", wrote, time.Since(start).Seconds())
 	if err != nil {
 		return 1
 	}
 	return 0
+}
+
+// builtBinary returns path made absolute, or an error that says how to
+// build it from pkg when it is missing.
+func builtBinary(path, pkg string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return "", fmt.Errorf("%v (build it: go build -o %s %s)", err, path, pkg)
+	}
+	return abs, nil
 }
 
 func write(dir string, rep *bench.Report) error {
@@ -128,6 +149,9 @@ func write(dir string, rep *bench.Report) error {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "latest.json"), append(j, '\n'), 0o644); err != nil {
 		return err
+	}
+	if !rep.HasScenario(2) {
+		return nil // the chart is scenario 2's (make bench-floor runs only 8)
 	}
 	return os.WriteFile(filepath.Join(dir, "latest.svg"), []byte(rep.SVG()), 0o644)
 }
