@@ -133,12 +133,16 @@ type rfqScanner struct {
 }
 
 // feed scans p and returns the status byte ('I', 'T' or 'E') of the last
-// ReadyForQuery that ended in p, or 0 if none did.
+// ReadyForQuery whose status byte is in p, or 0 if there is none. How p
+// is cut does not matter: over any cutting of a stream, the last status
+// returned is the same (FuzzRFQScanner).
 func (s *rfqScanner) feed(p []byte) (status byte) {
 	for len(p) > 0 {
 		if s.skip > 0 {
 			if s.z {
-				status = p[0]
+				if b := p[0]; b == 'I' || b == 'T' || b == 'E' {
+					status = b // anything else is no ReadyForQuery
+				}
 				s.z = false
 			}
 			n := min(s.skip, len(p))
@@ -155,9 +159,6 @@ func (s *rfqScanner) feed(p []byte) (status byte) {
 		s.nh = 0
 		s.skip = int(binary.BigEndian.Uint32(s.hdr[1:])) - 4
 		s.z = s.hdr[0] == 'Z' && s.skip > 0
-		if s.z {
-			status = 0 // a later ReadyForQuery is due in this read
-		}
 	}
 	return status
 }

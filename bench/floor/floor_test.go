@@ -176,3 +176,31 @@ func TestModels(t *testing.T) {
 		})
 	}
 }
+
+// FuzzRFQScanner: any bytes, cut anywhere, never panic, and the last
+// status seen does not depend on where the stream was cut.
+func FuzzRFQScanner(f *testing.F) {
+	f.Add(frames("CBEGIN\x00", "ZT", "CCOMMIT\x00", "ZI"), uint16(3), uint16(9))
+	f.Add(frames("DZ\x00\x00\x00\x05I", "ZI"), uint16(1), uint16(7))
+	f.Add([]byte("Z\x00\x00\x00\x02Z\x00\x00\x00\x05E"), uint16(0), uint16(5))
+	f.Fuzz(func(t *testing.T, stream []byte, a, b uint16) {
+		last := func(chunks ...[]byte) byte {
+			var s rfqScanner
+			var st byte
+			for _, ch := range chunks {
+				if v := s.feed(ch); v != 0 {
+					st = v
+				}
+			}
+			return st
+		}
+		i, j := int(a)%(len(stream)+1), int(b)%(len(stream)+1)
+		if i > j {
+			i, j = j, i
+		}
+		whole := last(stream)
+		if got := last(stream[:i], stream[i:j], stream[j:]); got != whole {
+			t.Fatalf("cut at %d and %d: last status %q, whole stream %q", i, j, got, whole)
+		}
+	})
+}
