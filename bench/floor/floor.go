@@ -53,16 +53,18 @@ func Serve(ctx context.Context, ln net.Listener, model Model, serverDSN string, 
 
 // openServers logs size connections in to the server and returns their
 // sockets, plus the ParameterStatus frames a client is shown at login.
-func openServers(ctx context.Context, dsn string, size int) ([]net.Conn, []byte, error) {
-	var conns []net.Conn
-	var params []byte
-	for i := 0; i < size; i++ {
-		pc, err := pgconn.Connect(ctx, dsn)
+func openServers(ctx context.Context, dsn string, size int) (conns []net.Conn, params []byte, err error) {
+	defer func() {
 		if err != nil {
 			for _, c := range conns {
 				c.Close()
 			}
-			return nil, nil, err
+		}
+	}()
+	for i := 0; i < size; i++ {
+		pc, err := pgconn.Connect(ctx, dsn)
+		if err != nil {
+			return conns, nil, err
 		}
 		if i == 0 {
 			for _, k := range []string{"server_version", "server_encoding", "client_encoding", "DateStyle",
@@ -73,7 +75,8 @@ func openServers(ctx context.Context, dsn string, size int) ([]net.Conn, []byte,
 		}
 		hj, err := pc.Hijack()
 		if err != nil {
-			return nil, nil, err
+			pc.Close(ctx)
+			return conns, nil, err
 		}
 		conns = append(conns, hj.Conn)
 	}

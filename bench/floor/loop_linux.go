@@ -87,6 +87,9 @@ func serveLoop(ln net.Listener, conns []net.Conn, params []byte) error {
 			l.clients[fd] = &loopClient{fd: fd}
 			l.mu.Unlock()
 			if l.watch(fd) != nil {
+				l.mu.Lock()
+				delete(l.clients, fd)
+				l.mu.Unlock()
 				syscall.Close(fd)
 			}
 		}()
