@@ -162,6 +162,38 @@ func TestModels(t *testing.T) {
 				t.Errorf("a transaction moved between server connections: txid %s then %s", x1, x2)
 			}
 
+			if m == ModelLoop {
+				// A server connection that dies while idle leaves the
+				// pool: three clients on the pool of three keep working.
+				// The newest idle sessions of app are this loop's (the
+				// earlier models' connections are older).
+				if got := one(c, `SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity
+					WHERE usename = 'app' AND pid <> pg_backend_pid() AND state = 'idle'
+					ORDER BY backend_start DESC LIMIT 1`); got != "true" {
+					t.Fatalf("pg_terminate_backend = %s", got)
+				}
+				time.Sleep(500 * time.Millisecond) // the loop reads the EOF at once
+				var wg sync.WaitGroup
+				for i := 0; i < 3; i++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						qc := connect()
+						defer qc.Close(ctx)
+						for j := 0; j < 10; j++ {
+							qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
+							res, err := qc.Exec(qctx, "SELECT 1").ReadAll()
+							qcancel()
+							if err != nil || len(res) != 1 || res[0].Err != nil {
+								t.Errorf("after a server connection died: client %d query %d: %v", i, j, err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+			}
+
 			// A client that leaves holding a transaction-level lock.
 			leaver := connect()
 			one(leaver, "BEGIN; SELECT pg_advisory_xact_lock(4242)::text")

@@ -5,6 +5,7 @@ package floor
 import (
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -198,6 +199,7 @@ func (l *loop) fromServer(s *loopServer, buf []byte) {
 		l.mu.Unlock()
 		syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.fd, nil)
 		syscall.Close(s.fd)
+		l.idle = slices.DeleteFunc(l.idle, func(x *loopServer) bool { return x == s })
 		if c := s.cl; c != nil && c.fd >= 0 {
 			c.srv = nil
 			l.closeClient(c)
@@ -211,9 +213,8 @@ func (l *loop) fromServer(s *loopServer, buf []byte) {
 	case st == 'I':
 		l.release(s)
 	case st != 0 && s.cl == nil:
-		// Its client left inside a transaction: roll it back; the
-		// answer's ReadyForQuery 'I' releases the connection.
-		rawWriteAll(s.fd, frame('Q', []byte("ROLLBACK\x00")))
+		// Its client left inside a transaction.
+		rollback(s)
 	case st != 0:
 		s.busy = false
 	}
@@ -254,11 +255,19 @@ func (l *loop) closeClient(c *loopClient) {
 		// a transaction, roll back now.
 		s.cl = nil
 		if !s.busy {
-			s.busy = true
-			rawWriteAll(s.fd, frame('Q', []byte("ROLLBACK\x00")))
+			rollback(s)
 		}
 	}
 }
+
+// rollback ends the open transaction of a server whose client has gone;
+// the answer's ReadyForQuery 'I' releases the connection.
+func rollback(s *loopServer) {
+	s.busy = true
+	rawWriteAll(s.fd, rollbackQuery)
+}
+
+var rollbackQuery = frame('Q', []byte("ROLLBACK\x00"))
 
 // shutdown closes every socket, the epoll instance and the pipe.
 func (l *loop) shutdown() {
