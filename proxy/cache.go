@@ -396,10 +396,15 @@ func (s *session) cacheReadyLocked() (reason string) {
 	return ""
 }
 
-// cacheKey hashes everything that selects a result.
+// cacheKey hashes everything that selects a result: the statement (stmt,
+// a Query or Parse body after the statement name: the text, its NUL and
+// what follows it) and parts.
+// The text enters as its cache text (routing.AppendCacheText: comments
+// dropped), so a traceparent comment that differs per request does not
+// make every request a miss; a text without comments enters unchanged.
 // Each part is length-prefixed; the input is assembled in a buffer the
 // session keeps (session goroutine only), so a lookup allocates nothing.
-func (s *session) cacheKey(sig string, kind byte, parts ...[]byte) cachelayer.Key {
+func (s *session) cacheKey(sig string, kind byte, stmt []byte, parts ...[]byte) cachelayer.Key {
 	b := s.cache.keyBuf[:0]
 	put := func(p []byte) {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
@@ -413,6 +418,13 @@ func (s *session) cacheKey(sig string, kind byte, parts ...[]byte) cachelayer.Ke
 	putS(s.user)
 	putS(sig)
 	put([]byte{kind})
+	text, rest, _ := wire.CString(stmt)
+	at := len(b)
+	b = append(b, 0, 0, 0, 0)
+	b = routing.AppendCacheText(b, text)
+	b = append(b, 0)
+	b = append(b, rest...)
+	binary.BigEndian.PutUint32(b[at:], uint32(len(b)-at-4))
 	for _, p := range parts {
 		put(p)
 	}
@@ -424,8 +436,8 @@ func (s *session) cacheKey(sig string, kind byte, parts ...[]byte) cachelayer.Ke
 
 // cacheLookup decides about a statement with decision d that a rule or hint
 // asked to cache. It returns the frames of a hit, or a capture to attach to
-// the statement's op (nil: bypass). parts make the key.
-func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte, parts ...[]byte) (frames []byte, capture *cacheCapture) {
+// the statement's op (nil: bypass). stmt and parts make the key (cacheKey).
+func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte, stmt []byte, parts ...[]byte) (frames []byte, capture *cacheCapture) {
 	sc := s.srv.cache
 	if !d.Cacheable {
 		sc.skip("not_cacheable")
@@ -443,7 +455,7 @@ func (s *session) cacheLookup(d *routing.Decision, ttl time.Duration, kind byte,
 		return nil, nil
 	}
 	start := time.Now()
-	key := s.cacheKey(sig, kind, parts...)
+	key := s.cacheKey(sig, kind, stmt, parts...)
 	ctx, cancel := sc.opCtx()
 	defer cancel()
 	var tables []string

@@ -32,16 +32,34 @@ func TestCacheKeyAndFPTableStable(t *testing.T) {
 	for i, c := range []struct {
 		sig   string
 		kind  byte
-		parts [][]byte
+		parts [][]byte // the first is the statement
 	}{
 		{"", 'Q', [][]byte{[]byte("SELECT 1\x00")}},
-		{"search_path=public", 'E', [][]byte{[]byte("SELECT $1"), nil, {1}}},
-		{"x", 'E', [][]byte{make([]byte, 100<<10)}}, // larger than the kept buffer
+		{"search_path=public", 'E', [][]byte{[]byte("SELECT $1\x00\x00\x01\x00\x00\x00\x17"), nil, {1}}},
+		{"x", 'E', [][]byte{append(make([]byte, 100<<10), 0)}}, // larger than the kept buffer
 	} {
 		for range 2 { // the second time with the buffer reused
-			if got, want := s.cacheKey(c.sig, c.kind, c.parts...), ref(c.sig, c.kind, c.parts...); got != want {
+			if got, want := s.cacheKey(c.sig, c.kind, c.parts[0], c.parts[1:]...), ref(c.sig, c.kind, c.parts...); got != want {
 				t.Errorf("case %d: cacheKey = %x, want %x", i, got, want)
 			}
+		}
+	}
+	// Comments are not part of the key (routing.AppendCacheText); the
+	// parameter types after the text are.
+	for _, c := range []struct {
+		a, b string
+		same bool
+	}{
+		{"SELECT 1 /*traceparent='00-aa-01'*/\x00", "SELECT 1\x00", true},
+		{"/* app:shop */ SELECT 1 -- req 7\x00", "SELECT 1 /* req 8 */\x00", true},
+		{"SELECT $1 /* x */\x00\x00\x01\x00\x00\x00\x17", "SELECT $1\x00\x00\x01\x00\x00\x00\x17", true},
+		{"SELECT $1\x00\x00\x01\x00\x00\x00\x17", "SELECT $1\x00\x00\x01\x00\x00\x00\x14", false},
+		{"SELECT '/* x */'\x00", "SELECT ''\x00", false},
+		{"SELECT 1\x00", "SELECT  1\x00", false}, // whitespace is kept: a miss, never a wrong answer
+	} {
+		ka, kb := s.cacheKey("", 'E', []byte(c.a)), s.cacheKey("", 'E', []byte(c.b))
+		if (ka == kb) != c.same {
+			t.Errorf("cacheKey(%q) == cacheKey(%q) is %v, want %v", c.a, c.b, ka == kb, c.same)
 		}
 	}
 }

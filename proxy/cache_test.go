@@ -347,6 +347,54 @@ func TestCacheHints(t *testing.T) {
 	}
 }
 
+// Tracing comments do not defeat the cache: sqlcommenter's traceparent
+// differs per request, yet the second request is answered from the entry
+// the first one stored, in every pgx protocol mode (the key drops comments:
+// routing.AppendCacheText). A pgsluice hint stays in the key, so a text
+// asking for its own ttl gets its own entry.
+func TestCacheIgnoresTracingComments(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec}
+	var tables []string // one per mode: the modes' keys may coincide
+	for i := range modes {
+		tables = append(tables, fmt.Sprintf("cache_tc%d", i))
+	}
+	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: tables, TTL: time.Hour}))
+	c := connect(t, ctx, dsn)
+	req := 0
+	read := func(mode pgx.QueryExecMode, tbl, prefix string) int {
+		t.Helper()
+		req++
+		sql := fmt.Sprintf("%sSELECT v FROM %s WHERE id = $1 /*traceparent='00-%032x-%016x-01'*/", prefix, tbl, req, req)
+		var v int
+		if err := c.QueryRow(ctx, sql, mode, 1).Scan(&v); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return v
+	}
+	for i, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			tbl := tables[i]
+			asApp(t, fmt.Sprintf("DROP TABLE IF EXISTS %[1]s; CREATE TABLE %[1]s(id int, v int); INSERT INTO %[1]s VALUES (1, %[2]d)", tbl, 10*i))
+			if got := read(mode, tbl, ""); got != 10*i {
+				t.Fatalf("first read: %d, want %d", got, 10*i)
+			}
+			asApp(t, fmt.Sprintf("UPDATE %s SET v = %d", tbl, 10*i+1)) // behind the proxy
+			h := cacheStats(srv).Hits
+			if got := read(mode, tbl, ""); got != 10*i {
+				t.Errorf("another traceparent: %d, want the cached %d", got, 10*i)
+			}
+			if cacheStats(srv).Hits != h+1 {
+				t.Errorf("hits %d -> %d, want +1", h, cacheStats(srv).Hits)
+			}
+			if got := read(mode, tbl, "/* pgsluice: cache ttl=30s */ "); got != 10*i+1 {
+				t.Errorf("with a ttl hint: %d, want the server's %d (a key of its own)", got, 10*i+1)
+			}
+		})
+	}
+}
+
 // Role A never receives role B's cached rows: the same statement, with the
 // same client settings, reads a different table for each role, because
 // md5u's role default search_path (set in the server, unknown to the proxy)

@@ -79,7 +79,8 @@
 //
 // cache.go wires cachelayer in. Between transactions, with nothing in
 // flight, a statement a rule or hint asks for is looked up by a key over
-// database, user, session settings, text, parameters and formats; a hit is
+// database, user, session settings, text (without comments:
+// routing.AppendCacheText), parameters and formats; a hit is
 // answered with the stored frames as synthetic ops (no server attached).
 // On a miss the generations are snapshotted, the statement is sent to the
 // writer with a capture attached to its op, and the pump copies the

@@ -127,3 +127,24 @@ func BenchmarkPgQueryParse(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAppendCacheText is the cache key's text: a dashboard query
+// without a comment and with a leading hint (the common cases: copied as
+// is) and with a sqlcommenter traceparent (scanned, the comment dropped).
+func BenchmarkAppendCacheText(b *testing.B) {
+	for _, c := range []struct{ name, sql string }{
+		{"plain", "SELECT region, sum(total) FROM orders WHERE created_at >= $1 GROUP BY region ORDER BY 2 DESC"},
+		{"hint", "/* pgsluice: cache ttl=30s */ SELECT region, sum(total) FROM orders WHERE created_at >= $1 GROUP BY region ORDER BY 2 DESC"},
+		{"traceparent", "SELECT region, sum(total) FROM orders WHERE created_at >= $1 GROUP BY region ORDER BY 2 DESC /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			sql := []byte(c.sql)
+			dst := make([]byte, 0, 512)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(sql)))
+			for i := 0; i < b.N; i++ {
+				AppendCacheText(dst[:0], sql)
+			}
+		})
+	}
+}

@@ -72,6 +72,12 @@
 // TestGoldenReplicaReadOnly runs every replica-routed golden statement in a
 // READ ONLY transaction on a real PostgreSQL 15.
 //
+// AppendCacheText (cachetext.go) gives the text a cached result is keyed
+// by: the text with its comments, except pgsluice hints, dropped by the
+// same scanner, so a per-request tracing comment does not make every
+// request a cache miss. FuzzCacheText checks with pg_query that it parses
+// into the same tree as the text it came from.
+//
 // Hints come only from comments before the first token:
 // /* pgsluice: route=primary|replica cache ttl=30s nocache */ (or --).
 // route=replica is honoured for reads and for calls of volatile functions;

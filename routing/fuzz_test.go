@@ -66,7 +66,7 @@ func FuzzShape(f *testing.F) {
 	c := New(Options{CacheSize: -1})
 	f.Fuzz(func(t *testing.T, sql string) {
 		var spans []literalSpan
-		key, info := appendShapeSpans(nil, sql, &spans)
+		key, info := appendShapeSpans(nil, sql, &spans, nil)
 		if info.fullText || len(spans) == 0 {
 			return
 		}

@@ -78,12 +78,41 @@ type literalSpan struct {
 // appendShape appends the shape key of sql to dst and returns it. It never
 // panics and never allocates when dst has room for the key.
 func appendShape(dst []byte, sql string) ([]byte, shapeInfo) {
-	return appendShapeSpans(dst, sql, nil)
+	return appendShapeSpans(dst, sql, nil, nil)
+}
+
+// textSpan is the half-open byte range [start, end) of a text.
+type textSpan struct{ start, end int }
+
+// spanList collects spans without allocating for the first few (a slice
+// passed by pointer would escape to the heap).
+type spanList struct {
+	first [8]textSpan
+	n     int
+	more  []textSpan
+}
+
+func (l *spanList) add(sp textSpan) {
+	if l.n < len(l.first) {
+		l.first[l.n] = sp
+	} else {
+		l.more = append(l.more, sp)
+	}
+	l.n++
+}
+
+func (l *spanList) at(i int) textSpan {
+	if i < len(l.first) {
+		return l.first[i]
+	}
+	return l.more[i-len(l.first)]
 }
 
 // appendShapeSpans is appendShape that also records the constants it
-// replaced when spans is not nil.
-func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, shapeInfo) {
+// replaced when spans is not nil, and the comments it dropped when comments
+// is not nil (both in text order; incomplete when the key is a full-text
+// key).
+func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan, comments *spanList) ([]byte, shapeInfo) {
 	var info shapeInfo
 	base := len(dst)
 	out := dst
@@ -122,6 +151,9 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, sha
 			if leading {
 				parseHintComment(sql[i+2:j], &info.hints)
 			}
+			if comments != nil {
+				comments.add(textSpan{i, j})
+			}
 			pendingSpace = true
 			i = j
 			continue
@@ -145,6 +177,9 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan) ([]byte, sha
 			}
 			if leading {
 				parseHintComment(sql[i+2:j-2], &info.hints)
+			}
+			if comments != nil {
+				comments.add(textSpan{i, j})
 			}
 			pendingSpace = true
 			i = j
@@ -508,6 +543,17 @@ func scanQuoted(sql string, i int, mode quoteMode) (end int, ok, risky bool) {
 	}
 }
 
+// hintWords returns what follows "pgsluice:" in a comment's body, and
+// whether the body starts with it (after spaces, in any case).
+func hintWords(body string) (string, bool) {
+	s := strings.TrimSpace(body)
+	const prefix = "pgsluice:"
+	if len(s) < len(prefix) || !strings.EqualFold(s[:len(prefix)], prefix) {
+		return "", false
+	}
+	return s[len(prefix):], true
+}
+
 // appendHintHeader encodes hints canonically so that they are part of the key.
 func appendHintHeader(out []byte, h Hints) []byte {
 	out = append(out, phHints...)
@@ -532,12 +578,10 @@ func appendHintHeader(out []byte, h Hints) []byte {
 // (also cache ttl=DURATION), nocache. Unknown words are ignored. It does not
 // allocate.
 func parseHintComment(body string, h *Hints) {
-	s := strings.TrimSpace(body)
-	const prefix = "pgsluice:"
-	if len(s) < len(prefix) || !strings.EqualFold(s[:len(prefix)], prefix) {
+	s, ok := hintWords(body)
+	if !ok {
 		return
 	}
-	s = s[len(prefix):]
 	for len(s) > 0 {
 		// next word, separated by spaces or commas
 		k := 0
