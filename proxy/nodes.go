@@ -384,6 +384,10 @@ func writesData(d *routing.Decision) bool {
 	switch d.Reason {
 	case routing.ReasonTransaction, routing.ReasonSet, routing.ReasonShow, routing.ReasonEmpty, routing.ReasonExplain:
 		return false
+	case routing.ReasonHint:
+		// a read a route=primary hint moved off the replicas (on the
+		// primary, a hint is the reason only for reads)
+		return false
 	}
 	return true
 }

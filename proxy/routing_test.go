@@ -73,6 +73,35 @@ func TestRoutingReadsToReplica(t *testing.T) {
 	}
 }
 
+// A read that a route=primary hint sends to the primary is not a write:
+// the client's next reads still go to the replica (read-your-writes starts
+// only after a transaction that may have written).
+func TestRoutingHintedReadKeepsReplicas(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn := startTarget(t, cluster, withReplica)
+	c := connect(t, ctx, dsn)
+	waitReplicaReads(t, ctx, c)
+	const ro = "SELECT current_setting('transaction_read_only')" // on only on the replica
+	for i, tc := range []struct {
+		sql     string
+		replica bool
+	}{
+		{"/* pgsluice: route=primary */ " + ro, false},
+		{ro, true},
+		{"/* pgsluice: route=primary */ " + ro, false},
+		{ro, true},
+	} {
+		var v string
+		if err := c.QueryRow(ctx, tc.sql).Scan(&v); err != nil {
+			t.Fatalf("%d %q: %v", i, tc.sql, err)
+		}
+		if got := v == "on"; got != tc.replica {
+			t.Errorf("%d %q: on the replica: %v, want %v", i, tc.sql, got, tc.replica)
+		}
+	}
+}
+
 // With replay paused, a client that writes and reads at once always sees its
 // write (read-your-writes), while other users keep reading from the replica.
 func TestReadYourWritesReplayPaused(t *testing.T) {
