@@ -769,22 +769,13 @@ func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
 }
 
 // mayAsk reports whether a statement's text could be asked for by a rule
-// or a hint, cheaply: without rules only a hint can, and hints stand in a
-// comment before the first token.
+// or a hint, cheaply: without rules only a hint can, and a hint needs the
+// word pgsluice in a comment.
 func (sc *serverCache) mayAsk(query []byte) bool {
 	if r := sc.rules.Load(); len(r.byFP) > 0 || len(r.byTables) > 0 {
 		return true
 	}
-	for _, c := range query {
-		switch c {
-		case ' ', '\t', '\n', '\r', '\f', '(':
-			continue
-		case '/', '-':
-			return true
-		}
-		return false
-	}
-	return false
+	return routing.MayHaveHint(query)
 }
 
 // classifyParse classifies a Parse's text, reusing the decision the cache

@@ -347,6 +347,35 @@ func TestCacheHints(t *testing.T) {
 	}
 }
 
+// A cache hint at the end of the text (ActiveRecord's annotate) caches
+// the result like a leading one, over the simple protocol and an unnamed
+// Parse, also with no rules configured (where the proxy looks for hints
+// only in texts that may carry one).
+func TestCacheTrailingHint(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn, _ := startProxy(t, cluster, withCache(config.CacheMemory))
+	c := connect(t, ctx, dsn)
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		tbl := fmt.Sprintf("cache_th%d", i)
+		asApp(t, fmt.Sprintf("DROP TABLE IF EXISTS %[1]s; CREATE TABLE %[1]s(v int); INSERT INTO %[1]s VALUES (1)", tbl))
+		sql := fmt.Sprintf("SELECT v FROM %s /* pgsluice: cache ttl=30s */", tbl)
+		read := func() int {
+			t.Helper()
+			var v int
+			if err := c.QueryRow(ctx, sql, mode).Scan(&v); err != nil {
+				t.Fatalf("%v: %v", mode, err)
+			}
+			return v
+		}
+		read()
+		asApp(t, fmt.Sprintf("UPDATE %s SET v = 2", tbl)) // behind the proxy
+		if got := read(); got != 1 {
+			t.Errorf("%v %q: second read %d, want the cached 1", mode, sql, got)
+		}
+	}
+}
+
 // Tracing comments do not defeat the cache: sqlcommenter's traceparent
 // differs per request, yet the second request is answered from the entry
 // the first one stored, in every pgx protocol mode (the key drops comments:

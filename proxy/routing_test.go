@@ -2,10 +2,12 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsluice/pgsluice/config"
 )
@@ -37,15 +39,24 @@ func waitReplicaReads(t *testing.T, ctx context.Context, c *pgx.Conn) {
 	}
 }
 
+// replicaClient runs setup (if any) on the primary, starts a proxy with the
+// replica and returns a client whose reads have reached the replica.
+func replicaClient(t *testing.T, setup string) (context.Context, *pgx.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	if setup != "" {
+		asApp(t, setup)
+	}
+	c := connect(t, ctx, startTarget(t, cluster, withReplica))
+	waitReplicaReads(t, ctx, c)
+	return ctx, c
+}
+
 // Reads outside a transaction go to the replica, everything inside BEGIN and
 // every write to the primary.
 func TestRoutingReadsToReplica(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	asApp(t, "DROP TABLE IF EXISTS route_t; CREATE TABLE route_t(id int primary key, v int); CREATE SEQUENCE IF NOT EXISTS route_seq")
-	dsn := startTarget(t, cluster, withReplica)
-	c := connect(t, ctx, dsn)
-	waitReplicaReads(t, ctx, c)
+	ctx, c := replicaClient(t, "DROP TABLE IF EXISTS route_t; CREATE TABLE route_t(id int primary key, v int); CREATE SEQUENCE IF NOT EXISTS route_seq")
 	tx, err := c.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -77,11 +88,7 @@ func TestRoutingReadsToReplica(t *testing.T) {
 // the client's next reads still go to the replica (read-your-writes starts
 // only after a transaction that may have written).
 func TestRoutingHintedReadKeepsReplicas(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	dsn := startTarget(t, cluster, withReplica)
-	c := connect(t, ctx, dsn)
-	waitReplicaReads(t, ctx, c)
+	ctx, c := replicaClient(t, "")
 	const ro = "SELECT current_setting('transaction_read_only')" // on only on the replica
 	for i, tc := range []struct {
 		sql     string
@@ -98,6 +105,42 @@ func TestRoutingHintedReadKeepsReplicas(t *testing.T) {
 		}
 		if got := v == "on"; got != tc.replica {
 			t.Errorf("%d %q: on the replica: %v, want %v", i, tc.sql, got, tc.replica)
+		}
+	}
+}
+
+// A hint counts in any comment, not only before the first token:
+// ActiveRecord's annotate appends one, SQLAlchemy's prefix_with puts it
+// after SELECT. A route=replica hint on a write is refused wherever it is.
+func TestRoutingHintsAnywhere(t *testing.T) {
+	ctx, c := replicaClient(t, "DROP TABLE IF EXISTS route_h; CREATE TABLE route_h(id int)")
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement} {
+		for _, tc := range []struct {
+			sql     string
+			replica bool
+		}{
+			{"SELECT current_setting('transaction_read_only') /* pgsluice: route=primary */", false},
+			{"SELECT current_setting('transaction_read_only') -- pgsluice: route=primary", false},
+			{"SELECT /* pgsluice: route=primary */ current_setting('transaction_read_only')", false},
+			{"SELECT current_setting('transaction_read_only') /* application:shop,controller:orders */", true},
+			{"SELECT current_setting('transaction_read_only') WHERE '/* pgsluice: route=primary */' <> ''", true},
+		} {
+			// transaction_read_only is on only on the replica; unlike
+			// pg_is_in_recovery() (volatile: a call on the primary counts
+			// as a possible write for read-your-writes), current_setting
+			// is stable.
+			var ro string
+			if err := c.QueryRow(ctx, tc.sql, mode).Scan(&ro); err != nil {
+				t.Fatalf("%v %q: %v", mode, tc.sql, err)
+			}
+			if rec := ro == "on"; rec != tc.replica {
+				t.Errorf("%v %q: ran on the replica: %v, want %v", mode, tc.sql, rec, tc.replica)
+			}
+		}
+		_, err := c.Exec(ctx, "DELETE FROM route_h /* pgsluice: route=replica */", mode)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "25006" {
+			t.Errorf("%v: trailing route=replica on a write: %v, want 25006", mode, err)
 		}
 	}
 }

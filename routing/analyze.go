@@ -257,6 +257,32 @@ func truncateUTF8(s string, max int) string {
 	return s[:i]
 }
 
+// scanHints reads the hints of every comment in sql with PostgreSQL's own
+// lexer, for texts the shape scanner gave up on (full-text keys: it stops
+// at the first token it does not follow). On a lexer error it returns h.
+func scanHints(sql string, h Hints) Hints {
+	res, err := pg.Scan(sql)
+	if err != nil {
+		return h
+	}
+	var out Hints
+	for _, t := range res.Tokens {
+		if t.Token != pg.Token_C_COMMENT && t.Token != pg.Token_SQL_COMMENT {
+			continue
+		}
+		start, end := int(t.Start), int(t.End)
+		if start < 0 || end > len(sql) || end-start < 2 {
+			continue
+		}
+		body := sql[start+2 : end]
+		if t.Token == pg.Token_C_COMMENT && len(body) >= 2 {
+			body = body[:len(body)-2]
+		}
+		parseHintComment(body, &out)
+	}
+	return out
+}
+
 // applyHints applies route and cache hints to a decision.
 func applyHints(d *Decision, h Hints) {
 	d.Hints = h

@@ -195,7 +195,11 @@ func (c *Classifier) cached(key []byte) (Decision, uint64, bool) {
 
 func (c *Classifier) compute(sql string, info shapeInfo) Decision {
 	d := analyze(c.catalog.Load().cat, sql)
-	applyHints(&d, info.hints)
+	h := info.hints
+	if info.fullText && containsHintWord(sql) {
+		h = scanHints(sql, h)
+	}
+	applyHints(&d, h)
 	return d
 }
 

@@ -99,7 +99,7 @@ type SessionSet struct {
 	SQL string
 }
 
-// Hints are the directives found in comments before the first token, e.g.
+// Hints are the directives found in the text's comments, e.g.
 // /* pgsluice: route=replica cache ttl=30s */ or -- pgsluice: nocache.
 type Hints struct {
 	Route    string        // "", "primary" or "replica"

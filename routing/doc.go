@@ -26,8 +26,8 @@
 // renders the text's *shape*: its tokens with constants replaced by
 // placeholders, unquoted identifiers folded to lower case, comments dropped
 // and whitespace collapsed (adjacent tokens stay adjacent, so operators lex
-// the same). Hints in leading comments are read before they are dropped and
-// become part of the key. The shape keys a bounded, sharded cache: each of 32
+// the same). Hints in comments are read before they are dropped and end
+// the key. The shape keys a bounded, sharded cache: each of 32
 // shards publishes an immutable map through an atomic pointer, so a hit takes
 // no lock and writes no shared memory (hit counters are striped; an entry's
 // CLOCK reference bit is written only when it was clear) and copies out the
@@ -78,8 +78,12 @@
 // request a cache miss. FuzzCacheText checks with pg_query that it parses
 // into the same tree as the text it came from.
 //
-// Hints come only from comments before the first token:
+// Hints come from any comment, wherever it stands (leading, trailing as
+// ActiveRecord's annotate and sqlcommenter put them, or between tokens);
+// later words override earlier ones:
 // /* pgsluice: route=primary|replica cache ttl=30s nocache */ (or --).
+// For a full-text key the shape scanner may stop before the comment, so
+// the miss reads the hints with pg_query's own lexer (scanHints).
 // route=replica is honoured for reads and for calls of volatile functions;
 // on a write it yields Reason "hint_rejected" with TargetPrimary.
 //

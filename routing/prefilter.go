@@ -1,5 +1,7 @@
 package routing
 
+import "unsafe"
+
 // ReasonNotClassified is the Reason of SessionNeutralDecision: the text
 // was not classified (routing off and nothing in it can change the
 // session).
@@ -42,6 +44,21 @@ func MayAffectSession(sql string) bool {
 			if hasFoldPrefix(sql[i+1:], rest) {
 				return true
 			}
+		}
+	}
+	return false
+}
+
+// MayHaveHint reports whether text may carry a pgsluice hint: whether
+// "pgsluice" occurs in it in any case (hints may stand in any comment).
+func MayHaveHint(text []byte) bool {
+	return containsHintWord(unsafe.String(unsafe.SliceData(text), len(text)))
+}
+
+func containsHintWord(s string) bool {
+	for i := 0; i+len("pgsluice") <= len(s); i++ {
+		if s[i]|0x20 == 'p' && hasFoldPrefix(s[i+1:], "gsluice") {
+			return true
 		}
 	}
 	return false

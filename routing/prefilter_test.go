@@ -106,3 +106,23 @@ func BenchmarkMayAffectSession(b *testing.B) {
 		}
 	}
 }
+
+func TestMayHaveHint(t *testing.T) {
+	for _, tc := range []struct {
+		sql  string
+		want bool
+	}{
+		{"SELECT 1", false},
+		{"SELECT 1 /* pgsluice: cache */", true},
+		{"/* PGSLUICE: nocache */ SELECT 1", true},
+		{"SELECT 1 -- PgSluice: route=primary", true},
+		{"SELECT pgsluic", false},
+		{"pgsluice", true},
+		{"", false},
+		{"SELECT 'p' || 'gsluice'", false},
+	} {
+		if got := MayHaveHint([]byte(tc.sql)); got != tc.want {
+			t.Errorf("MayHaveHint(%q) = %v, want %v", tc.sql, got, tc.want)
+		}
+	}
+}

@@ -118,7 +118,6 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan, comments *sp
 	out := dst
 	n := len(sql)
 	pendingSpace := false
-	leading := true   // no token yet: comments may carry hints
 	stmtStart := true // the next token starts a statement
 	// positions in out of the last two tokens (to spot CURRENT_TIME '(' n)
 	p1s, p1e, p2s, p2e := -1, -1, -1, -1
@@ -148,9 +147,7 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan, comments *sp
 			for j < n && sql[j] != '\n' && sql[j] != '\r' {
 				j++
 			}
-			if leading {
-				parseHintComment(sql[i+2:j], &info.hints)
-			}
+			parseHintComment(sql[i+2:j], &info.hints)
 			if comments != nil {
 				comments.add(textSpan{i, j})
 			}
@@ -175,9 +172,7 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan, comments *sp
 			if depth > 0 {
 				return full() // unterminated comment: a syntax error
 			}
-			if leading {
-				parseHintComment(sql[i+2:j-2], &info.hints)
-			}
+			parseHintComment(sql[i+2:j-2], &info.hints)
 			if comments != nil {
 				comments.add(textSpan{i, j})
 			}
@@ -186,13 +181,6 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan, comments *sp
 			continue
 		}
 		// A token starts here.
-		if leading {
-			leading = false
-			if info.hints != (Hints{}) {
-				out = appendHintHeader(out, info.hints)
-				base = len(out) // the header is never trimmed or spaced
-			}
-		}
 		if pendingSpace && len(out) > base && !(out[len(out)-1] == ' ') {
 			out = append(out, ' ')
 		}
@@ -342,7 +330,9 @@ func appendShapeSpans(dst []byte, sql string, spans *[]literalSpan, comments *sp
 	for len(out) > base && (out[len(out)-1] == ';' || out[len(out)-1] == ' ') {
 		out = out[:len(out)-1]
 	}
-	if leading && info.hints != (Hints{}) {
+	// The hints, from comments anywhere, end the key (a NUL-prefixed
+	// header, so it cannot be mistaken for text).
+	if info.hints != (Hints{}) {
 		out = appendHintHeader(out, info.hints)
 	}
 	return out, info
@@ -573,7 +563,7 @@ func appendHintHeader(out []byte, h Hints) []byte {
 	return out
 }
 
-// parseHintComment reads the directives of one leading comment body:
+// parseHintComment reads the directives of one comment body:
 // "pgsluice:" followed by words route=primary|replica, cache, ttl=DURATION
 // (also cache ttl=DURATION), nocache. Unknown words are ignored. It does not
 // allocate.

@@ -59,6 +59,9 @@ func TestShapeEquivalence(t *testing.T) {
 		{"/* pgsluice: route=primary */ SELECT 1", "SELECT 1", false, "hints are part of the key"},
 		{"/* pgsluice: route=primary */ SELECT 1", "/* pgsluice: route=replica */ SELECT 1", false, "different hints"},
 		{"/* pgsluice: cache ttl=1s */ SELECT 1", "/* pgsluice: cache ttl=2s */ SELECT 1", false, "different ttl"},
+		{"SELECT 1 /* pgsluice: route=primary */", "SELECT 1", false, "trailing hints are part of the key"},
+		{"SELECT 1 /* pgsluice: route=primary */", "SELECT 1 /* app: shop */", false, "a hint is not any comment"},
+		{"/* pgsluice: route=primary */ SELECT 1", "SELECT 1 -- pgsluice: route=primary", true, "where the hint is does not matter"},
 		{"SET search_path TO a", "SET search_path TO b", false, "SET keyed by full text"},
 		{"SET x = 1", "SET x = 2", false, "SET keyed by full text"},
 		{"BEGIN", "begin", false, "non-DML statements keyed by exact text"},
@@ -111,7 +114,10 @@ func TestHints(t *testing.T) {
 		{"-- pgsluice: nocache\nSELECT 1", Hints{NoCache: true}},
 		{"/*pgsluice:route=replica,nocache*/SELECT 1", Hints{Route: "replica", NoCache: true}},
 		{"/* other */ -- pgsluice: ttl=1m\n SELECT 1", Hints{CacheTTL: time.Minute}},
-		{"SELECT 1 /* pgsluice: route=primary */", Hints{}},
+		{"SELECT 1 /* pgsluice: route=primary */", Hints{Route: "primary"}},                            // ActiveRecord annotate
+		{"SELECT /* pgsluice: nocache */ a FROM t", Hints{NoCache: true}},                              // SQLAlchemy prefix_with
+		{"/* pgsluice: route=replica */ SELECT 1 -- pgsluice: route=primary", Hints{Route: "primary"}}, // the last one wins
+		{"SELECT '/* pgsluice: route=primary */'", Hints{}},
 		{"/* pgsluice: route=elsewhere ttl=-1s */ SELECT 1", Hints{}},
 		{"/* pgsluice: route=primary */", Hints{Route: "primary"}},
 		{"/* pgsluice: route=primary */ SET x = 1", Hints{Route: "primary"}},
