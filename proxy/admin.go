@@ -191,6 +191,20 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 			return nil, pgerr.New(pgerr.UndefinedObject, "unrecognized SHOW item %q (SHOW HELP lists them)", truncate(words[1], 64))
 		}
 		return show.fn(s.srv), nil
+	case "RECONNECT":
+		if len(words) > 2 {
+			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: want RECONNECT or RECONNECT <database>")
+		}
+		db := ""
+		if len(words) == 2 {
+			db = words[1]
+		}
+		pools, closed := s.srv.reconnect(db)
+		if db != "" && pools == 0 {
+			return nil, pgerr.New(pgerr.InvalidCatalogName, "no pool for database %q: no client of it has connected", truncate(db, 64))
+		}
+		s.srv.log.Info("reconnecting server connections (admin RECONNECT)", "user", s.user, "database", db, "pools", pools, "closed_idle", closed)
+		return &resultSet{tag: "RECONNECT"}, nil
 	case "RELOAD", "PAUSE", "RESUME":
 		if len(words) != 1 {
 			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: %s takes no argument (pgsluice pauses every pool)", verb)
@@ -215,7 +229,7 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 		s.srv.log.Info("resumed (admin RESUME)", "user", s.user)
 		return &resultSet{tag: "RESUME"}, nil
 	}
-	return nil, pgerr.New(pgerr.SyntaxError, "syntax error at or near %q: the admin console accepts SHOW, RELOAD, PAUSE and RESUME (SHOW HELP)", truncate(words[0], 64))
+	return nil, pgerr.New(pgerr.SyntaxError, "syntax error at or near %q: the admin console accepts SHOW, RELOAD, PAUSE, RESUME and RECONNECT (SHOW HELP)", truncate(words[0], 64))
 }
 
 func truncate(s string, n int) string {
@@ -304,6 +318,21 @@ func (s *Server) pause() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// reconnect has the pools of database db (all when "") open new server
+// connections: idle ones close now, lent ones when released (after the
+// transaction in transaction mode, when the client leaves in session mode
+// or when pinned). It returns how many pools it touched and how many idle
+// connections it closed.
+func (s *Server) reconnect(db string) (pools, closed int) {
+	for _, p := range s.poolList() {
+		if db == "" || p.key.database == db {
+			pools++
+			closed += p.reconnect()
+		}
+	}
+	return pools, closed
 }
 
 // resume lets waiting clients go.

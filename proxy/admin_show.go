@@ -51,7 +51,8 @@ func showHelp(*Server) *resultSet {
 	r.rows = append(r.rows,
 		[]string{"RELOAD", "re-read and apply the configuration"},
 		[]string{"PAUSE", "stop lending server connections; returns once every lent one is back"},
-		[]string{"RESUME", "let paused clients go on"})
+		[]string{"RESUME", "let paused clients go on"},
+		[]string{"RECONNECT [db]", "open new server connections: idle ones close now, lent ones when released"})
 	return r
 }
 

@@ -45,6 +45,9 @@ type backend struct {
 
 	created  time.Time
 	lastUsed time.Time
+	// epoch is the pool's epoch when the dial began: a connection from
+	// before the pool's last RECONNECT is closed when released.
+	epoch uint64
 
 	// settingsSig identifies the session settings applied on this server
 	// connection ("" = the server defaults of a fresh connection).
@@ -71,6 +74,7 @@ var backendIDs atomic.Uint64
 // reads the server's startup parameters and returns an idle backend.
 func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 	cfg := p.cfg()
+	epoch := p.epoch.Load()
 	d := net.Dialer{Timeout: cfg.Pool.ConnectTimeout}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Pool.ConnectTimeout)
 	defer cancel()
@@ -110,6 +114,7 @@ func dialBackend(ctx context.Context, p *pool) (*backend, error) {
 		raw:      raw,
 		params:   map[string]string{},
 		created:  time.Now(),
+		epoch:    epoch,
 		prepared: newStmtLRU(cfg.Pool.PreparedStatements),
 		id:       backendIDs.Add(1),
 	}

@@ -73,7 +73,8 @@
 // latency histogram (metrics.max_fingerprints, the rest "other"). A client
 // that logs in to the database "pgsluice" as one of admin.users gets the
 // admin console (admin.go, admin_show.go) instead of a server connection;
-// PAUSE closes a gate that attach waits on.
+// PAUSE closes a gate that attach waits on; RECONNECT advances each pool's
+// epoch, and a connection dialled in an older epoch is closed when released.
 //
 // # Result cache
 //

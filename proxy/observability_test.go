@@ -500,6 +500,84 @@ func TestAdminPauseResume(t *testing.T) {
 	}
 }
 
+// RECONNECT (PgBouncer's, for a switchover or new server credentials)
+// closes idle server connections at once and lent ones when they come
+// back: a transaction in flight finishes on its connection, and every
+// later query runs on a connection opened after the command.
+func TestAdminReconnect(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn, _ := startProxy(t, cluster, withObs(false, func(cfg *config.Config) { cfg.Admin.Users = []string{local.AppUser} }))
+	inTx, idle := connect(t, ctx, dsn), connect(t, ctx, dsn)
+	pid := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) int {
+		t.Helper()
+		var p int
+		if err := q.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tx, err := inTx.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txPid := pid(tx)
+	idlePid := pid(idle) // another connection: the first is lent to tx
+	admin, err := pgconn.Connect(ctx, adminDSN(t, dsn, local.AppUser, local.AppPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	res, err := admin.Exec(ctx, "RECONNECT").ReadAll()
+	if err != nil || res[0].CommandTag.String() != "RECONNECT" {
+		t.Fatalf("RECONNECT: %v %v", res, err)
+	}
+	if got := pid(tx); got != txPid {
+		t.Fatalf("the transaction moved from server %d to %d", txPid, got)
+	}
+	old := map[int]bool{txPid: true, idlePid: true}
+	if got := pid(idle); old[got] {
+		t.Errorf("after RECONNECT an idle client ran on server %d, opened before it", got)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if got := pid(inTx); old[got] {
+			t.Errorf("after its transaction the client ran on server %d, opened before RECONNECT", got)
+		}
+	}
+	// Both old server sessions end.
+	direct := connect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", []int32{int32(txPid), int32(idlePid)}).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d server sessions from before RECONNECT still open after 10s", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A database name limits it; an unknown one and extra words are errors.
+	if _, err := admin.Exec(ctx, "RECONNECT "+local.AppDatabase).ReadAll(); err != nil {
+		t.Errorf("RECONNECT %s: %v", local.AppDatabase, err)
+	}
+	for sql, code := range map[string]string{"RECONNECT nosuchdb": "3D000", "RECONNECT a b": "42601"} {
+		_, err := admin.Exec(ctx, sql).ReadAll()
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != code {
+			t.Errorf("%q: %v, want SQLSTATE %s", sql, err, code)
+		}
+	}
+}
+
 // GET /queries serves the statistics sorted as asked; the slow-query log
 // names statements by their normalized text only.
 func TestQueriesEndpointAndSlowLog(t *testing.T) {

@@ -27,8 +27,11 @@ type pool struct {
 	// servers, swapped whole by Server.Reload (see reload.go).
 	cfgp      atomic.Pointer[config.Config]
 	passwordp atomic.Pointer[string]
-	log       *slog.Logger
-	m         *metrics
+	// epoch counts RECONNECTs (reconnect): connections dialled before the
+	// last one are closed instead of reused.
+	epoch atomic.Uint64
+	log   *slog.Logger
+	m     *metrics
 
 	mu      sync.Mutex
 	idle    []*backend // LIFO: the most recently used is reused first
@@ -269,12 +272,13 @@ func (p *pool) open(ctx context.Context) (*backend, error) {
 	return b, nil
 }
 
-// release returns a lent backend. Broken, too old or closed-pool backends are
-// closed instead and their slot handed on.
+// release returns a lent backend. Broken, too old (max_lifetime or from
+// before a RECONNECT) or closed-pool backends are closed instead and their
+// slot handed on.
 func (p *pool) release(b *backend) {
 	b.lastUsed = time.Now()
 	cfg := p.cfg()
-	tooOld := cfg.Pool.MaxLifetime > 0 && time.Since(b.created) > cfg.Pool.MaxLifetime
+	tooOld := cfg.Pool.MaxLifetime > 0 && time.Since(b.created) > cfg.Pool.MaxLifetime || b.epoch != p.epoch.Load()
 	p.mu.Lock()
 	p.active--
 	// p.total > pool.size: the pool was shrunk by a reload.
@@ -295,6 +299,26 @@ func (p *pool) release(b *backend) {
 	}
 	p.idle = append(p.idle, b)
 	p.mu.Unlock()
+}
+
+// reconnect makes the pool open new server connections (the admin
+// console's RECONNECT, as PgBouncer's): idle ones are closed now, lent
+// ones when they come back; a dial under way completes but its connection
+// is not reused either. It returns how many it closed now.
+func (p *pool) reconnect() int {
+	p.epoch.Add(1)
+	p.mu.Lock()
+	doomed := p.idle
+	p.idle = nil
+	p.total -= len(doomed)
+	for range doomed {
+		p.handOffSlotLocked()
+	}
+	p.mu.Unlock()
+	for _, b := range doomed {
+		b.close()
+	}
+	return len(doomed)
 }
 
 // discard closes a lent backend that must not be reused.
