@@ -60,6 +60,13 @@ type PoolConfig struct {
 	PreparedStatements int `mapstructure:"prepared_statements" yaml:"prepared_statements"`
 	// ClientLoginTimeout bounds the startup and authentication of a client.
 	ClientLoginTimeout time.Duration `mapstructure:"client_login_timeout" yaml:"client_login_timeout"`
+	// ClientIdleTimeout closes a client outside a transaction that has sent
+	// nothing for this long (0: never), as PgBouncer's client_idle_timeout.
+	ClientIdleTimeout time.Duration `mapstructure:"client_idle_timeout" yaml:"client_idle_timeout"`
+	// IdleTransactionTimeout closes a client that has sat idle inside a
+	// transaction for this long (0: never), rolling it back and freeing
+	// its server connection, as PgBouncer's idle_transaction_timeout.
+	IdleTransactionTimeout time.Duration `mapstructure:"idle_transaction_timeout" yaml:"idle_transaction_timeout"`
 }
 
 // Pool modes.

@@ -298,7 +298,8 @@ func (c Config) Validate() error {
 	positive("pool.acquire_timeout", c.Pool.AcquireTimeout)
 	positive("pool.connect_timeout", c.Pool.ConnectTimeout)
 	positive("pool.client_login_timeout", c.Pool.ClientLoginTimeout)
-	for key, d := range map[string]time.Duration{"pool.idle_timeout": c.Pool.IdleTimeout, "pool.max_lifetime": c.Pool.MaxLifetime, "pool.check_after": c.Pool.CheckAfter} {
+	for key, d := range map[string]time.Duration{"pool.idle_timeout": c.Pool.IdleTimeout, "pool.max_lifetime": c.Pool.MaxLifetime, "pool.check_after": c.Pool.CheckAfter,
+		"pool.client_idle_timeout": c.Pool.ClientIdleTimeout, "pool.idle_transaction_timeout": c.Pool.IdleTransactionTimeout} {
 		if d < 0 {
 			add(key, "want a duration >= 0 (0 disables), got %s", d)
 		}

@@ -85,6 +85,24 @@ func TestLoad(t *testing.T) {
 			wantErr: []string{"idle_timeout", "max_message_size"},
 		},
 		{
+			name: "idle timeouts: off by default, set by file or env",
+			file: "primary: {host: x}\nauth: {method: trust}\npool: {idle_transaction_timeout: 45s}\n",
+			env:  []string{"PGSLUICE_POOL_CLIENT_IDLE_TIMEOUT=30m"},
+			check: func(t *testing.T, c Config) {
+				if c.Pool.IdleTransactionTimeout != 45*time.Second || c.Pool.ClientIdleTimeout != 30*time.Minute {
+					t.Errorf("idle_transaction_timeout=%s client_idle_timeout=%s", c.Pool.IdleTransactionTimeout, c.Pool.ClientIdleTimeout)
+				}
+				if d := Default(); d.Pool.IdleTransactionTimeout != 0 || d.Pool.ClientIdleTimeout != 0 {
+					t.Errorf("defaults: %s %s, want both off", d.Pool.IdleTransactionTimeout, d.Pool.ClientIdleTimeout)
+				}
+			},
+		},
+		{
+			name:    "negative idle timeouts",
+			file:    "primary: {host: x}\nauth: {method: trust}\npool: {idle_transaction_timeout: -1s, client_idle_timeout: -2s}\n",
+			wantErr: []string{"pool.idle_transaction_timeout: want a duration >= 0", "pool.client_idle_timeout: want a duration >= 0"},
+		},
+		{
 			name:    "tls.client unknown value",
 			file:    "primary: {host: x}\nauth: {method: trust}\ntls: {client: always}\n",
 			wantErr: []string{"tls.client: want disable, allow or require"},

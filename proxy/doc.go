@@ -101,8 +101,11 @@
 // A client that leaves with a transaction open, a COPY running or anything in
 // flight has its server connection closed, so PostgreSQL rolls back. A server
 // that goes away under a busy client ends that client's session with a FATAL
-// error; other clients are unaffected. All errors reach clients through
-// proxy/pgerr, the one place that assigns SQLSTATEs.
+// error; other clients are unaffected. A client silent beyond
+// pool.idle_transaction_timeout inside a transaction, or beyond
+// pool.client_idle_timeout outside one, is closed by a janitor (idle.go)
+// the same way. All errors reach clients through proxy/pgerr, the one
+// place that assigns SQLSTATEs.
 //
 // # Reload and handover
 //

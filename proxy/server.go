@@ -41,6 +41,7 @@ type Server struct {
 	classifier *routing.Classifier
 	topo       *topology
 	topoOnce   sync.Once
+	idleOnce   sync.Once    // starts idleJanitor (idle.go)
 	cache      *serverCache // nil when cache.backend is off
 	tlsConfig  *tls.Config
 	requireTLS bool
@@ -166,6 +167,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
 	s.topoOnce.Do(s.topo.start)
+	s.idleOnce.Do(func() { go s.idleJanitor() })
 	var tempDelay time.Duration
 	for {
 		c, err := ln.Accept()

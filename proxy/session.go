@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -142,6 +143,17 @@ type session struct {
 	qstart int64
 	lastQS *fpStats
 	dbc    dbCounters // (mu)
+
+	// Idle clients (idle.go): waiting is true while the session goroutine
+	// waits for the client's next message; messages counts client
+	// messages (session goroutine adds, janitor reads); idleSeen and
+	// idleSince are the janitor's mark (janitor only); idleKill is set by
+	// the janitor.
+	waiting   atomic.Bool
+	messages  atomic.Uint32
+	idleSeen  uint32
+	idleSince int64 // Unix nanoseconds
+	idleKill  atomic.Uint32
 }
 
 // run serves the client until it leaves. It owns conn.
@@ -195,7 +207,12 @@ func (s *session) loop() {
 			if s.refusedDraining() {
 				return
 			}
+			s.waiting.Store(true) // until the next header is in (idle.go)
 			err = s.waitClient()
+			if k := s.idleKill.Load(); k != idleKillNone {
+				s.sendFatal(idleKillErr(k))
+				return
+			}
 			// Shutdown may have begun while this client waited: the
 			// message it sent meanwhile is refused like any idle
 			// client's, whether or not Shutdown's wake-up (a read
@@ -209,6 +226,7 @@ func (s *session) loop() {
 		if err == nil {
 			typ, n, err = wire.PeekHeader(s.r, max)
 		}
+		s.waiting.Store(false)
 		if err != nil {
 			s.readFailed(err)
 			return
@@ -219,6 +237,7 @@ func (s *session) loop() {
 		if typ == 'X' {
 			return
 		}
+		s.messages.Add(1)
 		body, err := wire.ReadBody(s.r, n, &s.scratch)
 		if err != nil {
 			return
@@ -249,6 +268,8 @@ func (s *session) readFailed(err error) {
 	switch {
 	case errors.Is(err, pgerr.ErrMessageTooLarge) || errors.Is(err, pgerr.ErrProtocol):
 		s.sendFatal(err)
+	case s.idleKill.Load() != idleKillNone:
+		s.sendFatal(idleKillErr(s.idleKill.Load()))
 	case s.srv.draining.Load():
 		s.sendFatal(pgerr.ErrShuttingDown)
 	}

@@ -38,6 +38,8 @@ const (
 	InvalidCursorName                  = "34000" // invalid_cursor_name
 	InvalidTransactionState            = "25000" // invalid_transaction_state
 	InFailedSQLTransaction             = "25P02" // in_failed_sql_transaction
+	IdleInTransactionSessionTimeout    = "25P03" // idle_in_transaction_session_timeout
+	IdleSessionTimeout                 = "57P05" // idle_session_timeout
 	ObjectNotInPrerequisiteState       = "55000" // object_not_in_prerequisite_state
 	SQLClientUnableToEstablishSQLConn  = "08001" // sqlclient_unable_to_establish_sqlconnection
 	SQLServerRejectedEstablishmentConn = "08004" // sqlserver_rejected_establishment_of_sqlconnection
