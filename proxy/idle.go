@@ -87,9 +87,9 @@ func (s *Server) closeIdleClients(pc config.PoolConfig, now time.Time) {
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))
 	for sess := range s.sessions {
-		if !sess.admin {
-			sessions = append(sessions, sess)
-		}
+		// The admin console's sessions never set waiting (adminLoop):
+		// never idle.
+		sessions = append(sessions, sess)
 	}
 	s.mu.Unlock()
 	for _, sess := range sessions {
