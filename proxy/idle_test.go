@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"crypto/tls"
 	"sync"
 	"testing"
 	"time"
@@ -167,4 +168,21 @@ func TestClientIdleTimeoutSparesWaiters(t *testing.T) {
 	if err := <-held; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Over TLS the session waits in a TLS read instead of the raw poller; the
+// janitor's wake-up reaches it there too.
+func TestClientIdleTimeoutTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn, _ := startProxy(t, cluster, func(tc *TargetConfig) {
+		tc.TLS = true
+		tc.Tweak = func(cfg *config.Config) { cfg.Pool.ClientIdleTimeout = 500 * time.Millisecond }
+	})
+	idle := rawConnect(t, ctx, withParams(t, dsn, "sslmode", "require"))
+	if _, ok := idle.c.(*tls.Conn); !ok {
+		t.Fatalf("the connection is a %T, not TLS: the test proves nothing", idle.c)
+	}
+	idle.roundTrip(&pgproto3.Query{String: "SELECT 1"})
+	expectIdleFatal(t, idle, "57P05")
 }
