@@ -147,7 +147,7 @@ func analyze(cat Catalog, sql string) Decision {
 		d.Fingerprint = fp
 	}
 	if norm, err := pg.Normalize(sql); err == nil {
-		d.Normalized = truncateUTF8(norm, maxNormalized)
+		d.Normalized = truncateUTF8(withoutComments(norm), maxNormalized)
 	}
 	if len(tree.Stmts) == 0 {
 		d.Target, d.Reason, d.Command, d.Normalized = TargetPrimary, ReasonEmpty, "empty", ""
@@ -220,7 +220,7 @@ func pgsluiceSet(sql string) (Decision, bool) {
 	text := strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(skipLeadingComments(sql)), ";"))
 	return Decision{
 		Target: TargetPrimary, Reason: ReasonSet, Command: "set", Statements: 1, Fingerprint: fp,
-		Normalized: truncateUTF8(text, maxNormalized),
+		Normalized: truncateUTF8(withoutComments(text), maxNormalized),
 		Sets:       []SessionSet{{Kind: SetValue, Name: name, SQL: text}},
 	}, true
 }
@@ -255,6 +255,34 @@ func truncateUTF8(s string, max int) string {
 		i--
 	}
 	return s[:i]
+}
+
+// withoutComments returns sql without any of its comments (PostgreSQL's
+// lexer finds them). Decision.Normalized is shown (SHOW QUERIES, /queries,
+// the slow-query log) for every text of its shape, and comments differ
+// between those texts: a per-request traceparent, or a tag naming a user,
+// would be shown as if it belonged to all of them, and the slow-query log
+// promises no literals. On a lexer error it returns sql.
+func withoutComments(sql string) string {
+	if !strings.Contains(sql, "--") && !strings.Contains(sql, "/*") {
+		return sql
+	}
+	res, err := pg.Scan(sql)
+	if err != nil {
+		return sql
+	}
+	var comments spanList
+	for _, t := range res.Tokens {
+		if t.Token == pg.Token_C_COMMENT || t.Token == pg.Token_SQL_COMMENT {
+			if start, end := int(t.Start), int(t.End); 0 <= start && start < end && end <= len(sql) {
+				comments.add(textSpan{start, end})
+			}
+		}
+	}
+	if comments.n == 0 {
+		return sql
+	}
+	return string(dropComments(nil, sql, &comments, func(textSpan) bool { return true }))
 }
 
 // scanHints reads the hints of every comment in sql with PostgreSQL's own

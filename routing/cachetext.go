@@ -2,6 +2,7 @@ package routing
 
 import (
 	"bytes"
+	"strings"
 	"unsafe"
 )
 
@@ -40,19 +41,25 @@ func AppendCacheText(dst, sql []byte) []byte {
 	if _, info := appendShapeSpans(kbuf[:0], text, nil, &comments); info.fullText || comments.n == 0 {
 		return append(dst, sql...)
 	}
-	// drop tells whether the k-th comment is dropped: all are but hints.
-	drop := func(k int) bool {
-		c := comments.at(k)
+	// All comments are dropped but hints.
+	return dropComments(dst, text, &comments, func(c textSpan) bool {
 		body := text[c.start+2 : c.end]
 		if text[c.start] == '/' {
 			body = body[:len(body)-2]
 		}
 		_, hint := hintWords(body)
 		return !hint
-	}
+	})
+}
+
+// dropComments appends sql to dst without the comments (in text order)
+// that drop selects: each gap of dropped comments and the whitespace
+// around them becomes one space, a newline if the gap held one, or
+// nothing at either end of the text.
+func dropComments(dst []byte, sql string, comments *spanList, drop func(textSpan) bool) []byte {
 	last := 0 // sql[last:] is not copied yet
 	for k := 0; k < comments.n; {
-		if !drop(k) {
+		if !drop(comments.at(k)) {
 			k++
 			continue
 		}
@@ -67,7 +74,7 @@ func AppendCacheText(dst, sql []byte) []byte {
 			for end < len(sql) && isSpace(sql[end]) {
 				end++
 			}
-			if k < comments.n && comments.at(k).start == end && drop(k) {
+			if k < comments.n && comments.at(k).start == end && drop(comments.at(k)) {
 				end = comments.at(k).end
 				k++
 				continue
@@ -77,7 +84,7 @@ func AppendCacheText(dst, sql []byte) []byte {
 		dst = append(dst, sql[last:start]...)
 		if start > 0 && end < len(sql) {
 			sep := byte(' ')
-			if bytes.IndexByte(sql[start:end], '\n') >= 0 || bytes.IndexByte(sql[start:end], '\r') >= 0 {
+			if strings.ContainsAny(sql[start:end], "\n\r") {
 				sep = '\n'
 			}
 			dst = append(dst, sep)

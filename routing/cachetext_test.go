@@ -73,6 +73,29 @@ func TestAppendCacheTextAllocs(t *testing.T) {
 	}
 }
 
+// Decision.Normalized, shown for every text of a shape, carries none of
+// the comments of the text that happened to be classified first.
+func TestNormalizedWithoutComments(t *testing.T) {
+	for _, c := range []struct{ sql, want string }{
+		{"SELECT * FROM t WHERE id = 5 /*traceparent='00-abc-01'*/", "SELECT * FROM t WHERE id = $1"},
+		{"/* app:shop */ SELECT * FROM t WHERE id = 5 -- user 42", "SELECT * FROM t WHERE id = $1"},
+		{"SELECT 1 -- a\n + 2", "SELECT $1\n+ $2"},
+		{"SELECT '/* not a comment */' FROM t", "SELECT $1 FROM t"},
+		{"/* pgsluice: route=primary */ SELECT a FROM t", "SELECT a FROM t"},
+		{"SELECT a FROM t", "SELECT a FROM t"},
+	} {
+		c0 := New(Options{CacheSize: 16})
+		if got := c0.Classify(c.sql).Normalized; got != c.want {
+			t.Errorf("Normalized(%q) = %q, want %q", c.sql, got, c.want)
+		}
+	}
+	c0 := New(Options{CacheSize: 16})
+	c0.Classify("SELECT v FROM t WHERE id = 1 /* customer:alice */")
+	if got := c0.Classify("SELECT v FROM t WHERE id = 2 /* customer:bob */").Normalized; strings.Contains(got, "alice") {
+		t.Errorf("bob's statement is shown with alice's comment: %q", got)
+	}
+}
+
 // parseTree is sql's pg_query parse tree without the byte offsets
 // (location, stmt_location, stmt_len), which comments shift.
 func parseTree(sql string) (any, error) {
