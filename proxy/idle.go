@@ -96,6 +96,11 @@ func (s *Server) closeIdleClients(pc config.PoolConfig, now time.Time) {
 		if kind := sess.idleCheck(pc, now); kind != idleKillNone {
 			s.log.Info("closing an idle client", "user", sess.user, "database", sess.database,
 				"idle", time.Duration(now.UnixNano()-sess.idleSince).Round(time.Millisecond).String(), "in_transaction", kind == idleKillTransaction)
+			in := "session"
+			if kind == idleKillTransaction {
+				in = "transaction"
+			}
+			s.m.idleClosed.WithLabelValues(in).Inc()
 			sess.idleKill.Store(kind)
 			sess.conn.SetReadDeadline(time.Now()) // wakes its wait for the client
 		}

@@ -38,9 +38,10 @@ func expectIdleFatal(t *testing.T, r *rawConn, code string) {
 func TestClientIdleTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dsn, _ := startProxy(t, cluster, func(tc *TargetConfig) {
+	dsn, srv := startProxy(t, cluster, func(tc *TargetConfig) {
 		tc.Tweak = func(cfg *config.Config) { cfg.Pool.ClientIdleTimeout = 800 * time.Millisecond }
 	})
+	base := serveAdmin(t, srv)
 	idle := rawConnect(t, ctx, dsn)
 	idle.roundTrip(&pgproto3.Query{String: "SELECT 1"})
 	start := time.Now()
@@ -88,6 +89,10 @@ func TestClientIdleTimeout(t *testing.T) {
 	for err := range errs {
 		t.Errorf("a client that was not idle failed: %v", err)
 	}
+	text := scrape(t, base)
+	if n := metricSum(text, `pgsluice_clients_idle_closed_total{in="session"}`); n != 1 {
+		t.Errorf(`pgsluice_clients_idle_closed_total{in="session"} = %v, want 1`, n)
+	}
 }
 
 // pool.idle_transaction_timeout closes a client idle inside a transaction:
@@ -98,11 +103,12 @@ func TestIdleTransactionTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	asApp(t, "DROP TABLE IF EXISTS idle_tx; CREATE TABLE idle_tx(v int)")
-	dsn, _ := startProxy(t, cluster, func(tc *TargetConfig) {
+	dsn, srv := startProxy(t, cluster, func(tc *TargetConfig) {
 		tc.PoolSize = 1
 		tc.AcquireTimeout = 20 * time.Second
 		tc.Tweak = func(cfg *config.Config) { cfg.Pool.IdleTransactionTimeout = 800 * time.Millisecond }
 	})
+	base := serveAdmin(t, srv)
 	outside := connect(t, ctx, dsn)
 	if _, err := outside.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
@@ -138,6 +144,10 @@ func TestIdleTransactionTimeout(t *testing.T) {
 	time.Sleep(time.Second) // outside a transaction for longer than the timeout
 	if _, err := outside.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("a client idle outside a transaction was closed: %v", err)
+	}
+	text := scrape(t, base)
+	if n := metricSum(text, `pgsluice_clients_idle_closed_total{in="transaction"}`); n != 1 {
+		t.Errorf(`pgsluice_clients_idle_closed_total{in="transaction"} = %v, want 1`, n)
 	}
 }
 

@@ -15,6 +15,7 @@ type metrics struct {
 	authFailures    prometheus.Counter
 	acquireWait     prometheus.Histogram
 	acquireTimeouts prometheus.Counter
+	idleClosed      *prometheus.CounterVec
 	serverConnects  prometheus.Counter
 	connectErrors   prometheus.Counter
 	pins            *prometheus.CounterVec
@@ -75,6 +76,10 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 		acquireTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgsluice_pool_acquire_timeouts_total", Help: "Clients that gave up waiting after pool.acquire_timeout.",
 		}),
+		idleClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgsluice_clients_idle_closed_total",
+			Help: "Clients closed for silence: in=transaction after pool.idle_transaction_timeout, in=session after pool.client_idle_timeout.",
+		}, []string{"in"}),
 		serverConnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgsluice_pool_server_connects_total", Help: "Server connections opened.",
 		}),
@@ -94,7 +99,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 			Name: "pgsluice_routing_decisions_total", Help: "Transactions routed, by target node role and the reason of the statement that started them.",
 		}, []string{"target", "reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.rejected, m.authFailures, m.acquireWait, m.acquireTimeouts,
+	for _, c := range []prometheus.Collector{m.clients, m.rejected, m.authFailures, m.acquireWait, m.acquireTimeouts, m.idleClosed,
 		m.serverConnects, m.connectErrors, m.pins, m.errors, m.cancels, m.decisions, &poolCollector{srv: srv}, queryCollector{srv.qs}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
