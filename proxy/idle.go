@@ -25,13 +25,17 @@ import (
 // next message (not for a server connection, not for a replica), nothing
 // is in flight (no answer pending, no write under way) and its message
 // counter has not moved since the janitor last saw it move; a statement
-// that runs for an hour is not idle, and neither is its client. A session idle beyond the
-// timeout that applies (inside a transaction or an unsynced extended
-// batch: idle_transaction_timeout; otherwise client_idle_timeout) gets
-// its kill flag and a read deadline in the past, which wakes its goroutine
-// from its wait for the client; the goroutine sends the FATAL (25P03 or
-// 57P05, PostgreSQL's own codes for its equivalent timeouts) and ends the
-// session, and cleanup closes a server connection left in a transaction.
+// that runs for an hour is not idle, and neither is its client.
+//
+// A session idle beyond the timeout that applies (inside a transaction or
+// an unsynced extended batch: idle_transaction_timeout; otherwise
+// client_idle_timeout) gets its kill flag and a read deadline in the
+// past, which wakes its goroutine from its wait for the client; the
+// goroutine sends the FATAL (25P03 or 57P05, PostgreSQL's own codes for
+// its equivalent timeouts) and ends the session, and cleanup closes a
+// server connection left in a transaction. A message that arrives just
+// as the janitor decides loses the race, as with PostgreSQL's own
+// timeouts: the client gets the FATAL instead of an answer.
 // The precision is the janitor's tick: a quarter of the shorter timeout,
 // between 50 ms and 1 s.
 
