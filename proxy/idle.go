@@ -35,7 +35,8 @@ import (
 // its equivalent timeouts) and ends the session, and cleanup closes a
 // server connection left in a transaction. A message that arrives just
 // as the janitor decides loses the race, as with PostgreSQL's own
-// timeouts: the client gets the FATAL instead of an answer.
+// timeouts: the client gets the FATAL instead of its answer, or right
+// after it.
 // The precision is the janitor's tick: a quarter of the shorter timeout,
 // between 50 ms and 1 s.
 
