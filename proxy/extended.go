@@ -536,6 +536,11 @@ func (s *session) handleQuery(body []byte) error {
 // pin binds the session to its server connection for good. In session
 // mode every session keeps its server connection anyway.
 func (s *session) pin(r routing.PinReason) {
+	if r == routing.PinListen {
+		s.mu.Lock()
+		s.listening = true
+		s.mu.Unlock()
+	}
 	if s.cfg.Pool.Mode == config.ModeSession {
 		return
 	}

@@ -25,7 +25,9 @@ import (
 // next message (not for a server connection, not for a replica), nothing
 // is in flight (no answer pending, no write under way) and its message
 // counter has not moved since the janitor last saw it move; a statement
-// that runs for an hour is not idle, and neither is its client.
+// that runs for an hour is not idle, and neither is its client. Nor is a
+// client that has sent LISTEN, outside a transaction: it waits for
+// notifications, silent by design.
 //
 // A session idle beyond the timeout that applies (inside a transaction or
 // an unsynced extended batch: idle_transaction_timeout; otherwise
@@ -121,14 +123,18 @@ func (s *session) idleCheck(pc config.PoolConfig, now time.Time) uint32 {
 	s.mu.Lock()
 	busy := !s.waiting.Load() || s.ops.len() > 0 || s.inflight > 0 || s.state != stateIdle && s.state != stateBusy
 	inTx := s.b != nil && (s.txStatus == 'T' || s.txStatus == 'E' || s.unsynced)
+	listening := s.listening
 	s.mu.Unlock()
 	if n := s.messages.Load(); busy || n != s.idleSeen || s.idleSince == 0 {
 		s.idleSeen, s.idleSince = n, now.UnixNano()
 		return idleKillNone
 	}
 	limit, kind := pc.ClientIdleTimeout, idleKillClient
-	if inTx {
+	switch {
+	case inTx:
 		limit, kind = pc.IdleTransactionTimeout, idleKillTransaction
+	case listening:
+		return idleKillNone // silent by design: it waits for NOTIFY
 	}
 	if limit > 0 && time.Duration(now.UnixNano()-s.idleSince) >= limit {
 		return kind

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -34,7 +35,8 @@ func expectIdleFatal(t *testing.T, r *rawConn, code string) {
 
 // pool.client_idle_timeout closes a client that sends nothing outside a
 // transaction; a client that keeps talking, one waiting for a long
-// statement and one inside a transaction are left alone.
+// statement, one inside a transaction and one waiting for notifications
+// after LISTEN are left alone.
 func TestClientIdleTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -46,8 +48,27 @@ func TestClientIdleTimeout(t *testing.T) {
 	idle.roundTrip(&pgproto3.Query{String: "SELECT 1"})
 	start := time.Now()
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
-	wg.Add(3)
+	errs := make(chan error, 4)
+	wg.Add(4)
+	go func() { // LISTENs, silent for 2.5 s, then gets a notification
+		defer wg.Done()
+		c := connect(t, ctx, dsn)
+		_, err := c.Exec(ctx, "LISTEN idle_ch")
+		if err == nil {
+			time.Sleep(2500 * time.Millisecond)
+			asApp(t, "NOTIFY idle_ch, 'still here'")
+			wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+			var n *pgconn.Notification
+			n, err = c.WaitForNotification(wctx)
+			wcancel()
+			if err == nil && n.Payload != "still here" {
+				err = fmt.Errorf("notification %+v", n)
+			}
+		}
+		if err != nil {
+			errs <- fmt.Errorf("listener: %w", err)
+		}
+	}()
 	go func() { // talks every 200 ms for 2.5 s
 		defer wg.Done()
 		c := connect(t, ctx, dsn)

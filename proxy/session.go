@@ -150,6 +150,7 @@ type session struct {
 	// idleSince are the janitor's mark (janitor only); idleKill is set by
 	// the janitor.
 	waiting   atomic.Bool
+	listening bool // the client has sent LISTEN: it waits for notifications (mu)
 	messages  atomic.Uint32
 	idleSeen  uint32
 	idleSince int64 // Unix nanoseconds
