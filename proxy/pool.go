@@ -278,8 +278,12 @@ func (p *pool) open(ctx context.Context) (*backend, error) {
 func (p *pool) release(b *backend) {
 	b.lastUsed = time.Now()
 	cfg := p.cfg()
-	tooOld := cfg.Pool.MaxLifetime > 0 && time.Since(b.created) > cfg.Pool.MaxLifetime || b.epoch != p.epoch.Load()
+	tooOld := cfg.Pool.MaxLifetime > 0 && time.Since(b.created) > cfg.Pool.MaxLifetime
 	p.mu.Lock()
+	// The epoch is read under mu: reconnect advances it before it takes
+	// mu to empty the idle list, so a connection checked against the old
+	// epoch here is in that list by then.
+	tooOld = tooOld || b.epoch != p.epoch.Load()
 	p.active--
 	// p.total > pool.size: the pool was shrunk by a reload.
 	if b.broken || tooOld || p.closed || p.total > cfg.Pool.Size {

@@ -159,3 +159,43 @@ func TestPoolWaiterExpiry(t *testing.T) {
 		waitersQueued(t, p, 0)
 	})
 }
+
+// RECONNECT racing a release: whichever takes the pool's mutex first, no
+// connection from before the RECONNECT stays in the idle list (release
+// reads the epoch under the mutex; reconnect advances it before it takes
+// the mutex to empty the list). The test holds the mutex while both start,
+// so that each round lets either go first.
+func TestPoolReconnectRacesRelease(t *testing.T) {
+	cfg := config.Default()
+	cfg.Pool.Size = 10
+	p := &pool{key: poolKey{database: "db", user: "u"}, log: slog.Default(), m: &metrics{}, stop: make(chan struct{})}
+	p.cfgp.Store(&cfg)
+	for i := 0; i < 300; i++ {
+		b := &backend{created: time.Now(), epoch: p.epoch.Load()}
+		p.mu.Lock()
+		p.total++
+		p.active++ // lent
+		before := p.epoch.Load()
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); p.release(b) }()
+		go func() { defer wg.Done(); p.reconnect() }()
+		for p.epoch.Load() == before { // reconnect waits for the mutex
+			time.Sleep(10 * time.Microsecond)
+		}
+		time.Sleep(200 * time.Microsecond) // and release, most likely
+		p.mu.Unlock()
+		wg.Wait()
+		p.mu.Lock()
+		for _, idle := range p.idle {
+			if idle.epoch != p.epoch.Load() {
+				p.mu.Unlock()
+				t.Fatalf("round %d: a connection of epoch %d is idle after RECONNECT to epoch %d", i, idle.epoch, p.epoch.Load())
+			}
+		}
+		if p.total != 0 || p.active != 0 {
+			t.Fatalf("round %d: total %d active %d, want 0 0", i, p.total, p.active)
+		}
+		p.mu.Unlock()
+	}
+}
