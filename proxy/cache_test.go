@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -419,6 +420,46 @@ func TestCacheIgnoresTracingComments(t *testing.T) {
 			}
 			if got := read(mode, tbl, "/* pgsluice: cache ttl=30s */ "); got != 10*i+1 {
 				t.Errorf("with a ttl hint: %d, want the server's %d (a key of its own)", got, 10*i+1)
+			}
+		})
+	}
+}
+
+// A client that switches role with SET ROLE never reads what the cache
+// stored for its login role: in transaction pooling SET ROLE pins the
+// session (pinned sessions bypass the cache), in session pooling the role
+// is part of the settings the key hashes. The new role may not read the
+// table, so PostgreSQL must answer 42501.
+func TestCacheSetRoleIsolation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := cluster.Exec(ctx, cluster.Primary, "DROP ROLE IF EXISTS cache_ro; CREATE ROLE cache_ro NOLOGIN; GRANT cache_ro TO "+local.AppUser); err != nil {
+		t.Fatal(err)
+	}
+	asApp(t, "DROP TABLE IF EXISTS cache_sec; CREATE TABLE cache_sec(v int); INSERT INTO cache_sec VALUES (1); REVOKE ALL ON cache_sec FROM PUBLIC")
+	for _, mode := range []string{config.ModeSession, config.ModeTransaction} {
+		t.Run(mode, func(t *testing.T) {
+			dsn, srv := startProxy(t, cluster, func(tc *TargetConfig) {
+				tc.PoolMode = mode
+				withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_sec"}, TTL: time.Hour})(tc)
+			})
+			c := connect(t, ctx, dsn)
+			var v int
+			for i := 0; i < 2; i++ {
+				if err := c.QueryRow(ctx, "SELECT v FROM cache_sec").Scan(&v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if cacheStats(srv).Hits == 0 {
+				t.Fatal("the login role's second read was not a hit: the test proves nothing")
+			}
+			if _, err := c.Exec(ctx, "SET ROLE cache_ro"); err != nil {
+				t.Fatal(err)
+			}
+			err := c.QueryRow(ctx, "SELECT v FROM cache_sec").Scan(&v)
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "42501" {
+				t.Fatalf("after SET ROLE cache_ro: v=%d err=%v, want 42501 from PostgreSQL", v, err)
 			}
 		})
 	}
