@@ -425,6 +425,49 @@ func TestCacheIgnoresTracingComments(t *testing.T) {
 	}
 }
 
+// current_user is cacheable: it has one value per cache key. The login
+// user's second read is a hit; another login user and, in session
+// pooling, the same client after SET ROLE get their own role's name, not
+// the cached one.
+func TestCacheCurrentUser(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := cluster.Exec(ctx, cluster.Primary, "DROP ROLE IF EXISTS cache_cu_role; CREATE ROLE cache_cu_role NOLOGIN; GRANT cache_cu_role TO "+local.AppUser); err != nil {
+		t.Fatal(err)
+	}
+	asApp(t, "DROP TABLE IF EXISTS cache_cu; CREATE TABLE cache_cu(v int); INSERT INTO cache_cu VALUES (7); GRANT SELECT ON cache_cu TO md5u, cache_cu_role")
+	dsn, srv := startProxy(t, cluster, func(tc *TargetConfig) {
+		tc.PoolMode = config.ModeSession
+		withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_cu"}, TTL: time.Hour})(tc)
+	})
+	const q = "SELECT current_user::text, v FROM cache_cu"
+	who := func(c *pgx.Conn) string {
+		t.Helper()
+		var u string
+		var v int
+		if err := c.QueryRow(ctx, q).Scan(&u, &v); err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	a := connect(t, ctx, dsn)
+	who(a)
+	h := cacheStats(srv).Hits
+	if got := who(a); got != local.AppUser || cacheStats(srv).Hits != h+1 {
+		t.Fatalf("second read: %q, hits %d -> %d; want %q from the cache", got, h, cacheStats(srv).Hits, local.AppUser)
+	}
+	b := connect(t, ctx, dsnFor(t, dsn, "md5u", "md5pass", "app"))
+	if got := who(b); got != "md5u" {
+		t.Errorf("another login user read %q, want md5u", got)
+	}
+	if _, err := a.Exec(ctx, "SET ROLE cache_cu_role"); err != nil {
+		t.Fatal(err)
+	}
+	if got := who(a); got != "cache_cu_role" {
+		t.Errorf("after SET ROLE: %q, want cache_cu_role", got)
+	}
+}
+
 // A client that switches role with SET ROLE never reads what the cache
 // stored for its login role: in transaction pooling SET ROLE pins the
 // session (pinned sessions bypass the cache), in session pooling the role

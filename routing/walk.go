@@ -20,6 +20,22 @@ var replicaSafeVolatile = map[string]bool{
 	"pg_get_wal_replay_pause_state": true,
 }
 
+// sessionConstant reports whether a SQL value function has one value for
+// everything a cached result's key holds: the database (CURRENT_CATALOG),
+// the login user and role (CURRENT_USER, USER, CURRENT_ROLE, SESSION_USER:
+// SET ROLE and SET SESSION AUTHORIZATION are session settings, which the
+// key hashes, and pin the session in transaction pooling, which bypasses
+// the cache) and search_path (CURRENT_SCHEMA). The date and time ones
+// (CURRENT_DATE, CURRENT_TIMESTAMP, LOCALTIME...) change with the clock.
+func sessionConstant(op pg.SQLValueFunctionOp) bool {
+	switch op {
+	case pg.SQLValueFunctionOp_SVFOP_CURRENT_ROLE, pg.SQLValueFunctionOp_SVFOP_CURRENT_USER, pg.SQLValueFunctionOp_SVFOP_USER,
+		pg.SQLValueFunctionOp_SVFOP_SESSION_USER, pg.SQLValueFunctionOp_SVFOP_CURRENT_CATALOG, pg.SQLValueFunctionOp_SVFOP_CURRENT_SCHEMA:
+		return true
+	}
+	return false
+}
+
 // primaryOnly are functions pg_proc does not mark volatile that still cannot
 // run on a replica: they assign a transaction id or read the WAL insert
 // position.
@@ -50,7 +66,7 @@ type walker struct {
 	into         bool // SELECT INTO
 	locking      bool // FOR UPDATE/SHARE ...
 	volatile     bool // volatile or unknown function
-	unstable     bool // stable functions, SQLValueFunction, TABLESAMPLE: not cacheable
+	unstable     bool // stable functions, clock SQL value functions, TABLESAMPLE: not cacheable
 	sysCatalog   bool
 	pin          PinReason
 	sets         []SessionSet
@@ -111,7 +127,11 @@ func (w *walker) walk(m protoreflect.Message) {
 		}
 	case *pg.CommonTableExpr:
 		w.ctes[x.Ctename] = true
-	case *pg.SQLValueFunction, *pg.RangeTableSample:
+	case *pg.SQLValueFunction:
+		if !sessionConstant(x.Op) {
+			w.unstable = true
+		}
+	case *pg.RangeTableSample:
 		w.unstable = true
 	case *pg.A_Const:
 		if sv := x.GetSval(); sv != nil && timeWord(sv.Sval) {
