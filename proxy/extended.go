@@ -104,15 +104,19 @@ func (s *session) skippingNow() bool {
 // that connection to be released, then attaches to the primary. When the
 // reads' Sync has not come yet (one pipeline: reads, then the write, then
 // Sync), the proxy ends the replica's part with a Sync of its own (see
-// splitLocked) and waits for that.
+// splitLocked) and waits for that. A statement that starts a transaction
+// on a connection still attached from the one before (the client was
+// quicker than the release), when that connection dates from before a
+// RECONNECT, waits for its release the same way (staleAttachedLocked).
 func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 	for {
 		if err := s.attach(d); err != nil {
 			return nil, err
 		}
 		s.mu.Lock()
-		for s.b != nil && d != nil && s.node != nil && s.node != s.srv.topo.writer() && s.txStatus == 'I' &&
-			s.pinned == routing.PinNone && s.fatal == nil && (d.Target == routing.TargetPrimary || s.routeOverride == "primary" || d.Hints.Route == "primary") {
+		for s.b != nil && d != nil && s.txStatus == 'I' && s.pinned == routing.PinNone && s.fatal == nil &&
+			(s.node != nil && s.node != s.srv.topo.writer() && (d.Target == routing.TargetPrimary || s.routeOverride == "primary" || d.Hints.Route == "primary") ||
+				s.staleAttachedLocked()) {
 			if s.dirty != nil {
 				// The replica is released after the ReadyForQuery of
 				// what was sent to it; bytes still buffered for it (a
@@ -151,6 +155,14 @@ func (s *session) lockAttached(d *routing.Decision) (*backend, error) {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// staleAttachedLocked reports whether the attached connection dates from
+// before its pool's last RECONNECT and may be given up now: transaction
+// pooling, outside an extended-protocol batch (mu held; with the other
+// conditions of lockAttached's wait).
+func (s *session) staleAttachedLocked() bool {
+	return s.cfg.Pool.Mode == config.ModeTransaction && !s.unsynced && s.b.epoch != s.b.pool.epoch.Load()
 }
 
 // errSkipToSync tells a message handler that the message is dropped

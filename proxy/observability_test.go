@@ -546,7 +546,7 @@ func TestAdminReconnect(t *testing.T) {
 	}
 	for i := 0; i < 3; i++ {
 		if got := pid(inTx); old[got] {
-			t.Errorf("after its transaction the client ran on server %d, opened before RECONNECT", got)
+			t.Errorf("after its transaction the client ran on server %d, opened before RECONNECT (the transaction's was %d, the idle client's %d)", got, txPid, idlePid)
 		}
 	}
 	// Both old server sessions end.
@@ -564,6 +564,25 @@ func TestAdminReconnect(t *testing.T) {
 			t.Fatalf("%d server sessions from before RECONNECT still open after 10s", n)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// The next transaction never starts on the old connection, even when
+	// the client is quicker than the release after COMMIT (the session
+	// still holds the connection then: lockAttached waits for it).
+	for i := 0; i < 30; i++ {
+		tx, err := inTx.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := pid(tx)
+		if _, err := admin.Exec(ctx, "RECONNECT").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := pid(inTx); got == before {
+			t.Fatalf("round %d: the statement after COMMIT ran on server %d, opened before RECONNECT", i, got)
+		}
 	}
 	// A database name limits it; an unknown one and extra words are errors.
 	if _, err := admin.Exec(ctx, "RECONNECT "+local.AppDatabase).ReadAll(); err != nil {
