@@ -33,6 +33,15 @@ func expectIdleFatal(t *testing.T, r *rawConn, code string) {
 	}
 }
 
+// wantIdleClosed checks pgsluice_clients_idle_closed_total{in}.
+func wantIdleClosed(t *testing.T, base, in string, want float64) {
+	t.Helper()
+	name := `pgsluice_clients_idle_closed_total{in="` + in + `"}`
+	if n := metricSum(scrape(t, base), name); n != want {
+		t.Errorf("%s = %v, want %v", name, n, want)
+	}
+}
+
 // pool.client_idle_timeout closes a client that sends nothing outside a
 // transaction; a client that keeps talking, one waiting for a long
 // statement, one inside a transaction and one waiting for notifications
@@ -110,10 +119,7 @@ func TestClientIdleTimeout(t *testing.T) {
 	for err := range errs {
 		t.Errorf("a client that was not idle failed: %v", err)
 	}
-	text := scrape(t, base)
-	if n := metricSum(text, `pgsluice_clients_idle_closed_total{in="session"}`); n != 1 {
-		t.Errorf(`pgsluice_clients_idle_closed_total{in="session"} = %v, want 1`, n)
-	}
+	wantIdleClosed(t, base, "session", 1)
 }
 
 // pool.idle_transaction_timeout closes a client idle inside a transaction:
@@ -166,10 +172,7 @@ func TestIdleTransactionTimeout(t *testing.T) {
 	if _, err := outside.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("a client idle outside a transaction was closed: %v", err)
 	}
-	text := scrape(t, base)
-	if n := metricSum(text, `pgsluice_clients_idle_closed_total{in="transaction"}`); n != 1 {
-		t.Errorf(`pgsluice_clients_idle_closed_total{in="transaction"} = %v, want 1`, n)
-	}
+	wantIdleClosed(t, base, "transaction", 1)
 }
 
 // A client waiting for a server connection is not idle, however long the
