@@ -257,29 +257,36 @@ func truncateUTF8(s string, max int) string {
 	return s[:i]
 }
 
-// withoutComments returns sql without any of its comments (PostgreSQL's
-// lexer finds them). Decision.Normalized is shown (SHOW QUERIES, /queries,
-// the slow-query log) for every text of its shape, and comments differ
-// between those texts: a per-request traceparent, or a tag naming a user,
-// would be shown as if it belonged to all of them, and the slow-query log
-// promises no literals. On a lexer error it returns sql.
-func withoutComments(sql string) string {
-	if !strings.Contains(sql, "--") && !strings.Contains(sql, "/*") {
-		return sql
-	}
+// lexComments finds the comments of sql with PostgreSQL's own lexer
+// (pg_query's scanner); false on a lexer error.
+func lexComments(sql string) (spanList, bool) {
+	var comments spanList
 	res, err := pg.Scan(sql)
 	if err != nil {
-		return sql
+		return comments, false
 	}
-	var comments spanList
 	for _, t := range res.Tokens {
 		if t.Token == pg.Token_C_COMMENT || t.Token == pg.Token_SQL_COMMENT {
-			if start, end := int(t.Start), int(t.End); 0 <= start && start < end && end <= len(sql) {
+			if start, end := int(t.Start), int(t.End); 0 <= start && start+2 <= end && end <= len(sql) {
 				comments.add(textSpan{start, end})
 			}
 		}
 	}
-	if comments.n == 0 {
+	return comments, true
+}
+
+// withoutComments returns sql without any of its comments. Decision.
+// Normalized is shown (SHOW QUERIES, /queries, the slow-query log) for
+// every text of its shape, and comments differ between those texts: a
+// per-request traceparent, or a tag naming a user, would be shown as if
+// it belonged to all of them, and the slow-query log promises no
+// literals. On a lexer error it returns sql.
+func withoutComments(sql string) string {
+	if !strings.Contains(sql, "--") && !strings.Contains(sql, "/*") {
+		return sql
+	}
+	comments, ok := lexComments(sql)
+	if !ok || comments.n == 0 {
 		return sql
 	}
 	return string(dropComments(nil, sql, &comments, func(textSpan) bool { return true }))
@@ -289,24 +296,13 @@ func withoutComments(sql string) string {
 // lexer, for texts the shape scanner gave up on (full-text keys: it stops
 // at the first token it does not follow). On a lexer error it returns h.
 func scanHints(sql string, h Hints) Hints {
-	res, err := pg.Scan(sql)
-	if err != nil {
+	comments, ok := lexComments(sql)
+	if !ok {
 		return h
 	}
 	var out Hints
-	for _, t := range res.Tokens {
-		if t.Token != pg.Token_C_COMMENT && t.Token != pg.Token_SQL_COMMENT {
-			continue
-		}
-		start, end := int(t.Start), int(t.End)
-		if start < 0 || end > len(sql) || end-start < 2 {
-			continue
-		}
-		body := sql[start+2 : end]
-		if t.Token == pg.Token_C_COMMENT && len(body) >= 2 {
-			body = body[:len(body)-2]
-		}
-		parseHintComment(body, &out)
+	for k := 0; k < comments.n; k++ {
+		parseHintComment(commentBody(sql, comments.at(k)), &out)
 	}
 	return out
 }

@@ -43,13 +43,19 @@ func AppendCacheText(dst, sql []byte) []byte {
 	}
 	// All comments are dropped but hints.
 	return dropComments(dst, text, &comments, func(c textSpan) bool {
-		body := text[c.start+2 : c.end]
-		if text[c.start] == '/' {
-			body = body[:len(body)-2]
-		}
-		_, hint := hintWords(body)
+		_, hint := hintWords(commentBody(text, c))
 		return !hint
 	})
+}
+
+// commentBody returns what a comment span holds after "--", or between
+// "/*" and "*/".
+func commentBody(sql string, c textSpan) string {
+	body := sql[c.start+2 : c.end]
+	if sql[c.start] == '/' && len(body) >= 2 {
+		body = body[:len(body)-2]
+	}
+	return body
 }
 
 // dropComments appends sql to dst without the comments (in text order)
