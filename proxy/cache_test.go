@@ -425,6 +425,15 @@ func TestCacheIgnoresTracingComments(t *testing.T) {
 	}
 }
 
+// appMemberRole creates role name (NOLOGIN) afresh, with the app user as a
+// member, so that the app user may SET ROLE to it.
+func appMemberRole(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	if err := cluster.Exec(ctx, cluster.Primary, "DROP ROLE IF EXISTS "+name+"; CREATE ROLE "+name+" NOLOGIN; GRANT "+name+" TO "+local.AppUser); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // current_user is cacheable: it has one value per cache key. The login
 // user's second read is a hit; another login user and, in session
 // pooling, the same client after SET ROLE get their own role's name, not
@@ -432,9 +441,7 @@ func TestCacheIgnoresTracingComments(t *testing.T) {
 func TestCacheCurrentUser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := cluster.Exec(ctx, cluster.Primary, "DROP ROLE IF EXISTS cache_cu_role; CREATE ROLE cache_cu_role NOLOGIN; GRANT cache_cu_role TO "+local.AppUser); err != nil {
-		t.Fatal(err)
-	}
+	appMemberRole(t, ctx, "cache_cu_role")
 	asApp(t, "DROP TABLE IF EXISTS cache_cu; CREATE TABLE cache_cu(v int); INSERT INTO cache_cu VALUES (7); GRANT SELECT ON cache_cu TO md5u, cache_cu_role")
 	dsn, srv := startProxy(t, cluster, func(tc *TargetConfig) {
 		tc.PoolMode = config.ModeSession
@@ -476,9 +483,7 @@ func TestCacheCurrentUser(t *testing.T) {
 func TestCacheSetRoleIsolation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := cluster.Exec(ctx, cluster.Primary, "DROP ROLE IF EXISTS cache_ro; CREATE ROLE cache_ro NOLOGIN; GRANT cache_ro TO "+local.AppUser); err != nil {
-		t.Fatal(err)
-	}
+	appMemberRole(t, ctx, "cache_ro")
 	asApp(t, "DROP TABLE IF EXISTS cache_sec; CREATE TABLE cache_sec(v int); INSERT INTO cache_sec VALUES (1); REVOKE ALL ON cache_sec FROM PUBLIC")
 	for _, mode := range []string{config.ModeSession, config.ModeTransaction} {
 		t.Run(mode, func(t *testing.T) {
