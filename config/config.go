@@ -92,7 +92,11 @@ type AuthConfig struct {
 	Users  []User `mapstructure:"users" yaml:"users"`
 }
 
-// User is one client credential.
+// User is one client credential. Password is the plaintext password or a
+// stored secret as PostgreSQL keeps it in pg_authid.rolpassword: a SCRAM
+// verifier ("SCRAM-SHA-256$…") or an md5 hash ("md5" and 32 hex digits).
+// With a secret pgsluice checks clients without knowing the password and
+// logs in to servers as far as the protocol allows (proxy/auth).
 type User struct {
 	Name     string `mapstructure:"name" yaml:"name"`
 	Password Secret `mapstructure:"password" yaml:"password"`

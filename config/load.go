@@ -345,6 +345,17 @@ func (c Config) Validate() error {
 		if u.Password == "" && c.Auth.Method != AuthTrust {
 			add(fmt.Sprintf("auth.users[%d].password", i), "required when auth.method is %s", c.Auth.Method)
 		}
+		if err := checkSCRAMSecret(string(u.Password)); err != nil {
+			add(fmt.Sprintf("auth.users[%d].password", i), "%v", err)
+		}
+	}
+	// The health monitor, catalog loaders and cache invalidation log in
+	// with pgx, which needs the plaintext password.
+	if c.Routing.Monitor.User == "" && len(c.Auth.Users) > 0 && IsStoredSecret(string(c.Auth.Users[0].Password)) {
+		add("routing.monitor", "set user and password (plaintext): the monitor logs in as the first of auth.users by default, and %q has a stored secret, which only answers a client's own login", c.Auth.Users[0].Name)
+	}
+	if IsStoredSecret(string(c.Routing.Monitor.Password)) {
+		add("routing.monitor.password", "must be the plaintext password, not a stored secret")
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		add("tls", "cert_file and key_file must be set together")

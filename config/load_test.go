@@ -18,6 +18,10 @@ func writeFile(t *testing.T, body string) string {
 	return p
 }
 
+// testSCRAMSecret is the SCRAM verifier of "secret" with salt
+// "0123456789abcdef" and 4096 iterations.
+const testSCRAMSecret = "SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$bpSY5Ze9NUH+I35LC3gVq+DpBfK46iXBxvhAKqVu9pE=:VpYlBuxyzeCI1KnctrefdljpB1mk3Gp7sBI/t11+NkQ="
+
 func TestLoad(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -37,6 +41,31 @@ func TestLoad(t *testing.T) {
 					t.Errorf("max_message_size = %d", c.MaxMessageSize)
 				}
 			},
+		},
+		{
+			name: "a password may be a SCRAM secret or an md5 hash (PGSLUICE_AUTH_USERS too)",
+			file: "primary: {host: db1}\nauth:\n  users:\n    - {name: bob, password: md5" + strings.Repeat("0a", 16) + "}\n",
+			env:  []string{"PGSLUICE_AUTH_USERS=app:" + testSCRAMSecret, "PGSLUICE_ROUTING_MONITOR_USER=mon", "PGSLUICE_ROUTING_MONITOR_PASSWORD=pw"},
+			check: func(t *testing.T, c Config) {
+				if pw, ok := c.UserPassword("app"); !ok || pw != testSCRAMSecret {
+					t.Errorf("app's password = %q, want the secret", pw)
+				}
+			},
+		},
+		{
+			name:    "a malformed SCRAM secret is refused, not taken for a password",
+			file:    "primary: {host: db1}\nauth:\n  users:\n    - {name: app, password: \"SCRAM-SHA-256$4096:c2FsdA==$AAAA:BBBB\"}\n    - {name: bob, password: \"SCRAM-SHA-256$4096\"}\n    - {name: eve, password: \"SCRAM-SHA-256$0:c2FsdA==$" + strings.Repeat("A", 43) + "=:" + strings.Repeat("A", 43) + "=\"}\n",
+			wantErr: []string{"auth.users[0].password", "32 bytes of base64", "auth.users[1].password", "want SCRAM-SHA-256$<iterations>", "auth.users[2].password", "iteration count \"0\""},
+		},
+		{
+			name:    "the monitor needs a plaintext password",
+			file:    "primary: {host: db1}\nauth:\n  users:\n    - {name: app, password: \"" + testSCRAMSecret + "\"}\n",
+			wantErr: []string{"routing.monitor: set user and password", `"app" has a stored secret`},
+		},
+		{
+			name:    "the monitor's password cannot be a secret",
+			file:    "primary: {host: db1}\nauth:\n  users:\n    - {name: app, password: secret}\nrouting:\n  monitor: {user: mon, password: md5" + strings.Repeat("ab", 16) + "}\n",
+			wantErr: []string{"routing.monitor.password: must be the plaintext password"},
 		},
 		{
 			name: "env overrides file",

@@ -28,6 +28,7 @@ func TestRealPostgres(t *testing.T) {
 	pg := startPG(t)
 	t.Run("AuthenticateServer", func(t *testing.T) { testAuthenticateServer(t, pg) })
 	t.Run("AuthenticateClient", func(t *testing.T) { testAuthenticateClient(t, pg) })
+	t.Run("StoredSecrets", func(t *testing.T) { testStoredSecrets(t, pg) })
 }
 
 // dialServer connects to pg, sends a StartupMessage for user and returns the

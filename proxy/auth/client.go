@@ -38,11 +38,13 @@ const MaxMessageLen = 65535
 // MD5Password returns the response to an AuthenticationMD5Password
 // challenge: "md5" + hex(md5(hex(md5(password + user)) + salt)).
 func MD5Password(user, password string, salt [4]byte) string {
-	inner := md5.Sum([]byte(password + user))
-	h := md5.New()
-	h.Write([]byte(hex.EncodeToString(inner[:])))
-	h.Write(salt[:])
-	return "md5" + hex.EncodeToString(h.Sum(nil))
+	return md5FromHash(md5Hex(password+user), salt)
+}
+
+// md5Hex is the lower-case hex md5 of s.
+func md5Hex(s string) string {
+	sum := md5.Sum([]byte(s))
+	return hex.EncodeToString(sum[:])
 }
 
 // AuthenticateClient runs the server side of authentication on a client
@@ -54,7 +56,15 @@ func MD5Password(user, password string, salt [4]byte) string {
 // AuthenticationOk (flushed) and returns nil; the caller continues with
 // ParameterStatus, BackendKeyData and ReadyForQuery.
 //
-// lookup returns the user's plaintext password and true for a known user.
+// lookup returns the user's configured password and true for a known user.
+// The password may be a stored secret (see secret.go): with a SCRAM verifier
+// the exchange uses the verifier's salt and iteration count, and MethodMD5
+// runs SCRAM instead, as PostgreSQL does for a SCRAM secret; with an md5 hash
+// MethodMD5 checks against the hash and MethodSCRAM fails, as PostgreSQL's
+// does ("does not have a valid SCRAM secret"). A successful SCRAM login
+// against a verifier leaves the client's ClientKey behind, for
+// AuthenticateServer to log in to servers with.
+//
 // An unknown user, an empty password and a wrong password all fail the same
 // way, after the same exchange and the same amount of work: a FATAL
 // *pgerr.Error 28P01 `password authentication failed for user "x"` wrapping
@@ -80,18 +90,28 @@ func AuthenticateClient(ctx context.Context, be *pgproto3.Backend, method Method
 	if password == "" {
 		known = false
 	}
+	sec, err := parseSecret(password)
+	if err != nil { // config validation refuses these: treat as unknown
+		known, sec = false, secret{}
+	}
 	switch method {
 	case MethodMD5:
-		return authMD5(ctx, be, user, password, known)
+		if known && sec.kind == secretSCRAM {
+			return authSCRAM(ctx, be, user, password, sec, true)
+		}
+		return authMD5(ctx, be, user, sec, known)
 	case MethodSCRAM:
-		return authSCRAM(ctx, be, user, password, known)
+		if sec.kind == secretMD5 {
+			known = false
+		}
+		return authSCRAM(ctx, be, user, password, sec, known)
 	default:
 		return pgerr.Fatal(pgerr.InvalidAuthorizationSpecification,
 			"authentication method %q is not supported by pgsluice", string(method))
 	}
 }
 
-func authMD5(ctx context.Context, be *pgproto3.Backend, user, password string, known bool) error {
+func authMD5(ctx context.Context, be *pgproto3.Backend, user string, sec secret, known bool) error {
 	var salt [4]byte
 	_, _ = rand.Read(salt[:])
 	if err := send(be, &pgproto3.AuthenticationMD5Password{Salt: salt}); err != nil {
@@ -108,23 +128,32 @@ func authMD5(ctx context.Context, be *pgproto3.Backend, user, password string, k
 	if !ok {
 		return unexpected("password", msg)
 	}
-	if !known {
+	var want string
+	switch {
+	case !known:
 		// Same work as the real comparison, result ignored.
-		password = rand.Text()
+		want = MD5Password(user, rand.Text(), salt)
+	case sec.kind == secretMD5:
+		want = md5FromHash(sec.plain, salt)
+	default:
+		want = MD5Password(user, sec.plain, salt)
 	}
-	want := MD5Password(user, password, salt)
 	if subtle.ConstantTimeCompare([]byte(pm.Password), []byte(want)) != 1 || !known {
 		return authFailed(user)
 	}
 	return sendOK(be)
 }
 
-func authSCRAM(ctx context.Context, be *pgproto3.Backend, user, password string, known bool) error {
+// authSCRAM runs the exchange for password, whose parsed form is sec.
+func authSCRAM(ctx context.Context, be *pgproto3.Backend, user, password string, sec secret, known bool) error {
 	var srv *SCRAMServer
 	var err error
-	if known {
+	switch {
+	case known && sec.kind == secretSCRAM:
+		srv, err = newSCRAMServerFromSecret(user, password, sec)
+	case known:
 		srv, err = NewSCRAMServer(user, password)
-	} else {
+	default:
 		srv, err = newMockSCRAMServer(user)
 	}
 	if err != nil {

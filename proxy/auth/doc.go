@@ -5,12 +5,22 @@
 //
 //   - As a server, [AuthenticateClient] checks a client that has sent its
 //     StartupMessage, using one of the pg_hba-style methods scram-sha-256,
-//     md5 or trust against plaintext passwords from configuration. From the
+//     md5 or trust against the passwords from configuration. From the
 //     client's point of view the exchange is the one PostgreSQL runs: same
 //     messages, same SQLSTATEs and messages on failure.
 //   - As a client, [AuthenticateServer] logs in to a real PostgreSQL server
 //     with the credentials pgsluice holds for the pool, answering whatever
 //     the server asks among cleartext, md5 and SCRAM-SHA-256.
+//
+// A configured password may instead be a stored secret, as PostgreSQL keeps
+// it in pg_authid (secret.go): a SCRAM verifier or an md5 hash. Clients are
+// then checked against the secret, with PostgreSQL's rules for which method
+// runs (a SCRAM verifier is checked by SCRAM even under md5; an md5 hash
+// fails a scram-sha-256 login). Towards servers an md5 hash answers md5, and
+// a SCRAM verifier answers SCRAM with the ClientKey recovered from a client's
+// successful SCRAM login as that user, kept in memory per (user, verifier)
+// (PgBouncer's SCRAM pass-through); what a secret cannot answer fails with
+// FATAL 08000 and a detail saying why.
 //
 // SCRAM-SHA-256 (RFC 5802, RFC 7677) is implemented here on the standard
 // library ([SCRAMServer], [SCRAMClient]); channel binding is not supported:

@@ -5,8 +5,10 @@ package auth
 // leaves no key of the old password behind. Logins in progress keep the
 // keys they already hold. It also empties the cache of keys the proxy
 // derived to log in to PostgreSQL (see loginKeys), which is not kept per
-// user. Safe for concurrent use.
+// user, and the ClientKeys remembered for the user's SCRAM secrets. Safe
+// for concurrent use.
 func ForgetUser(user string) {
+	forgetClientKeys(user)
 	loginKeyCache.mu.Lock()
 	loginKeyCache.m = nil
 	loginKeyCache.mu.Unlock()

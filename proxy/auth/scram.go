@@ -153,6 +153,10 @@ type SCRAMServer struct {
 	serverKey   []byte
 	doomed      bool // unknown user: run the exchange, then always fail
 	serverNonce string
+	// verifier: the configured SCRAM secret this exchange checks against
+	// (newSCRAMServerFromSecret); a successful login remembers the
+	// client's ClientKey for it.
+	verifier string
 
 	state           scramState
 	gs2Header       string
@@ -200,6 +204,18 @@ func newSCRAMServer(user, password string, doomed bool) (*SCRAMServer, error) {
 		keyCache.Store(ck, [2][]byte{s.storedKey, s.serverKey})
 	}
 	return s, nil
+}
+
+// newSCRAMServerFromSecret prepares an exchange against a stored SCRAM
+// verifier (sec, parsed from verifier): its salt and iteration count are
+// announced and no PBKDF2 runs.
+func newSCRAMServerFromSecret(user, verifier string, sec secret) (*SCRAMServer, error) {
+	nonce, err := randomNonce()
+	if err != nil {
+		return nil, err
+	}
+	return &SCRAMServer{user: user, salt: sec.salt, iterations: sec.iterations, storedKey: sec.storedKey,
+		serverKey: sec.serverKey, serverNonce: nonce, verifier: verifier}, nil
 }
 
 // keyCache holds derived SCRAM keys so that PBKDF2 (4096 iterations, about
@@ -361,6 +377,9 @@ func (s *SCRAMServer) ServerFinal(clientFinal []byte) ([]byte, error) {
 	if !ok || s.doomed {
 		return nil, authFailed(s.user)
 	}
+	if s.verifier != "" {
+		rememberClientKey(s.user, s.verifier, clientKey)
+	}
 	return []byte("v=" + base64.StdEncoding.EncodeToString(hmacSHA256(s.serverKey, authMessage))), nil
 }
 
@@ -391,8 +410,12 @@ func at(s string, i int) string {
 // VerifyServerFinal with the server-final-message. It is not safe for
 // concurrent use. Inputs are copied; outputs are owned by the caller.
 type SCRAMClient struct {
-	user        string // sent in client-first; empty in production, as libpq does
-	password    string
+	user     string // sent in client-first; empty in production, as libpq does
+	password string
+	// With a stored verifier instead of a password (newSCRAMClientFromKey):
+	// the verifier and the ClientKey recovered from a client's login.
+	sec         *secret
+	clientKey   []byte
 	clientNonce string
 	clientFirst string // bare
 	expectedSig []byte
@@ -409,6 +432,20 @@ func NewSCRAMClient(password string) *SCRAMClient {
 	}
 	return &SCRAMClient{password: password, clientNonce: nonce}
 }
+
+// newSCRAMClientFromKey prepares an exchange that proves knowledge of the
+// password of verifier sec with its ClientKey. The server must announce the
+// verifier's salt and iteration count (ClientFinal fails with
+// errSecretMismatch otherwise).
+func newSCRAMClientFromKey(sec secret, clientKey []byte) *SCRAMClient {
+	c := NewSCRAMClient("")
+	c.sec, c.clientKey = &sec, clientKey
+	return c
+}
+
+// errSecretMismatch: the server's salt or iteration count is not the
+// configured verifier's.
+var errSecretMismatch = errors.New("auth: the server's SCRAM parameters differ from the configured secret")
 
 // ClientFirst returns the client-first-message ("n,,n=,r=<nonce>").
 func (c *SCRAMClient) ClientFirst() []byte {
@@ -444,8 +481,13 @@ func (c *SCRAMClient) ClientFinal(serverFirst []byte) ([]byte, error) {
 	if err != nil || iter < 1 || iter > maxClientIterations {
 		return nil, fmt.Errorf("auth: invalid SCRAM iteration count %q", attrs[2][2:])
 	}
-	stored, serverKey, clientKey, err := loginKeys(c.password, salt, iter)
-	if err != nil {
+	var stored, serverKey, clientKey []byte
+	if c.sec != nil {
+		if iter != c.sec.iterations || !hmac.Equal(salt, c.sec.salt) {
+			return nil, errSecretMismatch
+		}
+		stored, serverKey, clientKey = c.sec.storedKey, c.sec.serverKey, c.clientKey
+	} else if stored, serverKey, clientKey, err = loginKeys(c.password, salt, iter); err != nil {
 		return nil, fmt.Errorf("auth: derive SCRAM keys: %w", err)
 	}
 	withoutProof := "c=biws,r=" + nonce // biws = base64("n,,")

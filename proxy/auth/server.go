@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -28,10 +29,21 @@ import (
 //   - unexpected messages wrap pgerr.ErrProtocol; I/O errors are returned
 //     wrapped with %w.
 //
+// password may be a stored secret (see secret.go). An md5 hash answers
+// AuthenticationMD5Password; a SCRAM verifier answers SCRAM with the
+// ClientKey a client's login left behind. What a secret cannot answer (a
+// cleartext request, md5 with a verifier, SCRAM with an md5 hash or before
+// any client logged in) fails with FATAL 08000 wrapping
+// pgerr.ErrBackendUnavailable, saying why.
+//
 // fe must not be used concurrently. No message from fe is retained.
 func AuthenticateServer(fe *pgproto3.Frontend, user, password string) error {
 	var scram *SCRAMClient
 	scramDone := false
+	sec, err := parseSecret(password)
+	if err != nil {
+		return secretCannot(user, err.Error())
+	}
 	for {
 		msg, err := fe.Receive()
 		if err != nil {
@@ -45,9 +57,19 @@ func AuthenticateServer(fe *pgproto3.Frontend, user, password string) error {
 			}
 			return nil
 		case *pgproto3.AuthenticationCleartextPassword:
+			if sec.kind != secretPlain {
+				return secretCannot(user, "the server asks for the cleartext password, and pgsluice holds only a hash of it")
+			}
 			reply = &pgproto3.PasswordMessage{Password: password}
 		case *pgproto3.AuthenticationMD5Password:
-			reply = &pgproto3.PasswordMessage{Password: MD5Password(user, password, m.Salt)}
+			switch sec.kind {
+			case secretSCRAM:
+				return secretCannot(user, "the server asks for md5 authentication, and pgsluice holds only a SCRAM secret")
+			case secretMD5:
+				reply = &pgproto3.PasswordMessage{Password: md5FromHash(sec.plain, m.Salt)}
+			default:
+				reply = &pgproto3.PasswordMessage{Password: MD5Password(user, password, m.Salt)}
+			}
 		case *pgproto3.AuthenticationSASL:
 			if scram != nil {
 				return fmt.Errorf("auth: server restarted SASL: %w", pgerr.ErrProtocol)
@@ -56,13 +78,27 @@ func AuthenticateServer(fe *pgproto3.Frontend, user, password string) error {
 				return fmt.Errorf("auth: server offers SASL mechanisms %q, pgsluice supports only %s: %w",
 					m.AuthMechanisms, SCRAMMechanism, pgerr.ErrUnsupported)
 			}
-			scram = NewSCRAMClient(password)
+			switch sec.kind {
+			case secretMD5:
+				return secretCannot(user, "the server asks for SCRAM authentication, and pgsluice holds only an md5 hash")
+			case secretSCRAM:
+				key, ok := clientKeyFor(user, password)
+				if !ok {
+					return secretCannot(user, "pgsluice holds only a SCRAM secret, and no client has logged in as this user with it yet (a client's SCRAM login provides the key a server login needs)")
+				}
+				scram = newSCRAMClientFromKey(sec, key)
+			default:
+				scram = NewSCRAMClient(password)
+			}
 			reply = &pgproto3.SASLInitialResponse{AuthMechanism: SCRAMMechanism, Data: scram.ClientFirst()}
 		case *pgproto3.AuthenticationSASLContinue:
 			if scram == nil {
 				return fmt.Errorf("auth: AuthenticationSASLContinue without SASL: %w", pgerr.ErrProtocol)
 			}
 			final, err := scram.ClientFinal(m.Data)
+			if errors.Is(err, errSecretMismatch) {
+				return secretCannot(user, "the server's SCRAM salt or iteration count differs from the configured secret: copy the secret from the server's pg_authid again")
+			}
 			if err != nil {
 				return fmt.Errorf("%w: %w", pgerr.ErrProtocol, err)
 			}
@@ -90,4 +126,12 @@ func AuthenticateServer(fe *pgproto3.Frontend, user, password string) error {
 			return fmt.Errorf("auth: send to server: %w", err)
 		}
 	}
+}
+
+// secretCannot is the error for a server login that the configured secret
+// cannot answer.
+func secretCannot(user, why string) error {
+	return pgerr.Wrap(pgerr.ErrBackendUnavailable, pgerr.ConnectionException,
+		"pgsluice cannot log in to the server as %q", user).AsFatal().WithDetail(why + ".").
+		WithHint("Configure the plaintext password in auth.users, or a secret the server's authentication method accepts.")
 }
