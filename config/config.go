@@ -90,6 +90,25 @@ func (n Node) Addr() string { return n.Host + ":" + strconv.Itoa(n.Port) }
 type AuthConfig struct {
 	Method string `mapstructure:"method" yaml:"method"`
 	Users  []User `mapstructure:"users" yaml:"users"`
+	// Query looks up clients that are not in Users in PostgreSQL.
+	Query AuthQueryConfig `mapstructure:"query" yaml:"query"`
+}
+
+// AuthQueryConfig is PgBouncer's auth_query: a client user missing from
+// auth.users is looked up on the primary at each login, and the secret the
+// query returns (a SCRAM verifier or md5 hash, as pg_authid stores it)
+// checks the client and logs the pools in, as a stored secret in auth.users
+// does.
+type AuthQueryConfig struct {
+	// SQL returns one row (name, secret) for the user named $1; no row or
+	// a NULL secret means no such login. Empty disables the lookup.
+	SQL string `mapstructure:"sql" yaml:"sql"`
+	// User and Password log in to run SQL (plaintext password); an empty
+	// user means routing.monitor's login.
+	User     string `mapstructure:"user" yaml:"user"`
+	Password Secret `mapstructure:"password" yaml:"password"`
+	// Database is where SQL runs.
+	Database string `mapstructure:"database" yaml:"database"`
 }
 
 // User is one client credential. Password is the plaintext password or a

@@ -42,7 +42,7 @@ func Default() Config {
 			ClientLoginTimeout: 15 * time.Second,
 		},
 		Primary: Node{Port: 5432, Weight: 1},
-		Auth:    AuthConfig{Method: AuthSCRAM},
+		Auth:    AuthConfig{Method: AuthSCRAM, Query: AuthQueryConfig{Database: "postgres"}},
 		TLS:     TLSConfig{Server: "prefer", Client: "allow"},
 		Routing: RoutingConfig{
 			Enabled:           true,
@@ -330,8 +330,25 @@ func (c Config) Validate() error {
 	default:
 		add("auth.method", "want scram-sha-256, md5 or trust, got %q", c.Auth.Method)
 	}
-	if c.Auth.Method != AuthTrust && len(c.Auth.Users) == 0 {
-		add("auth.users", "required when auth.method is %s (list name and password of each client user)", c.Auth.Method)
+	if c.Auth.Method != AuthTrust && len(c.Auth.Users) == 0 && c.Auth.Query.SQL == "" {
+		add("auth.users", "required when auth.method is %s and auth.query.sql is empty (list name and password of each client user)", c.Auth.Method)
+	}
+	if q := c.Auth.Query; q.SQL != "" {
+		if c.Auth.Method == AuthTrust {
+			add("auth.query.sql", "has no use with auth.method trust")
+		}
+		if !strings.Contains(q.SQL, "$1") {
+			add("auth.query.sql", "must take the user name as $1, e.g. SELECT usename, passwd FROM pg_shadow WHERE usename = $1")
+		}
+		if q.User == "" && c.Routing.Monitor.User == "" && len(c.Auth.Users) == 0 {
+			add("auth.query.user", "required (or routing.monitor.user) when auth.users is empty: the query needs a login")
+		}
+		if IsStoredSecret(string(q.Password)) {
+			add("auth.query.password", "must be the plaintext password, not a stored secret")
+		}
+		if q.Database == "" {
+			add("auth.query.database", "required")
+		}
 	}
 	seen := map[string]bool{}
 	for i, u := range c.Auth.Users {

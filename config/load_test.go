@@ -68,6 +68,20 @@ func TestLoad(t *testing.T) {
 			wantErr: []string{"routing.monitor.password: must be the plaintext password"},
 		},
 		{
+			name: "auth.query stands in for auth.users",
+			env:  []string{"PGSLUICE_PRIMARY_HOST=db1", "PGSLUICE_AUTH_QUERY_SQL=SELECT usename, passwd FROM pg_shadow WHERE usename = $1", "PGSLUICE_AUTH_QUERY_USER=pgsluice_auth", "PGSLUICE_AUTH_QUERY_PASSWORD=pw"},
+			check: func(t *testing.T, c Config) {
+				if q := c.Auth.Query; q.User != "pgsluice_auth" || q.Database != "postgres" || !strings.Contains(q.SQL, "$1") {
+					t.Errorf("auth.query = %+v", q)
+				}
+			},
+		},
+		{
+			name:    "auth.query needs $1, a login with a plaintext password, and a password method",
+			file:    "primary: {host: db1}\nauth:\n  method: trust\n  query: {sql: \"SELECT 1, 2\", password: md5" + strings.Repeat("ab", 16) + ", database: \"\"}\n",
+			wantErr: []string{"auth.query.sql: has no use with auth.method trust", "auth.query.sql: must take the user name as $1", "auth.query.user: required", "auth.query.password: must be the plaintext password", "auth.query.database: required"},
+		},
+		{
 			name: "env overrides file",
 			file: "primary: {host: db1}\npool: {size: 5}\nauth: {method: trust}\n",
 			env:  []string{"PGSLUICE_POOL_SIZE=7", "PGSLUICE_POOL_ACQUIRE_TIMEOUT=250ms", "PGSLUICE_REPLICAS=r1:5433,r2:5434", "PGSLUICE_MAX_MESSAGE_SIZE=64KiB"},

@@ -13,6 +13,7 @@ type metrics struct {
 	clients         prometheus.Gauge
 	rejected        prometheus.Counter
 	authFailures    prometheus.Counter
+	authQueries     *prometheus.CounterVec
 	acquireWait     prometheus.Histogram
 	acquireTimeouts prometheus.Counter
 	idleClosed      *prometheus.CounterVec
@@ -68,6 +69,9 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pgsluice_auth_failures_total", Help: "Client authentication failures.",
 		}),
+		authQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgsluice_auth_queries_total", Help: "auth.query lookups of client users, by result (found, not_found, error).",
+		}, []string{"result"}),
 		acquireWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pgsluice_pool_wait_seconds",
 			Help:    "Time a client waited for a server connection.",
@@ -99,7 +103,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 			Name: "pgsluice_routing_decisions_total", Help: "Transactions routed, by target node role and the reason of the statement that started them.",
 		}, []string{"target", "reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.rejected, m.authFailures, m.acquireWait, m.acquireTimeouts, m.idleClosed,
+	for _, c := range []prometheus.Collector{m.clients, m.rejected, m.authFailures, m.authQueries, m.acquireWait, m.acquireTimeouts, m.idleClosed,
 		m.serverConnects, m.connectErrors, m.pins, m.errors, m.cancels, m.decisions, &poolCollector{srv: srv}, queryCollector{srv.qs}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

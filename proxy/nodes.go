@@ -177,14 +177,19 @@ func monitorLogin(cfg *config.Config) (string, string) {
 
 // monitorDSN is the connection string of the monitor's login on addr.
 func monitorDSN(cfg *config.Config, addr, user, password string) string {
+	return loginDSN(cfg, addr, user, password, cfg.Routing.Monitor.Database, "pgsluice_monitor")
+}
+
+// loginDSN is the connection string of one of pgsluice's own pgx logins.
+func loginDSN(cfg *config.Config, addr, user, password, database, appName string) string {
 	ssl := "prefer"
 	if cfg.TLS.Server == "disable" {
 		ssl = "disable"
 	} else if cfg.TLS.Server == "require" {
 		ssl = "require"
 	}
-	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&application_name=pgsluice_monitor&connect_timeout=2",
-		url.PathEscape(user), url.PathEscape(password), addr, url.PathEscape(cfg.Routing.Monitor.Database), ssl)
+	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=%s&application_name=%s&connect_timeout=2",
+		url.PathEscape(user), url.PathEscape(password), addr, url.PathEscape(database), ssl, appName)
 }
 
 const healthSQL = `SELECT pg_catalog.pg_is_in_recovery(),

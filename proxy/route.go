@@ -84,10 +84,14 @@ func (s *session) poolOn(n *node) *pool {
 		return s.pool
 	}
 	password, ok := s.srv.cfgNow().UserPassword(s.user)
-	if !ok { // the user was removed by a reload: its sessions carry on
+	if !ok { // from auth.query, or removed by a reload: its sessions carry on
 		password = s.pool.password()
 	}
-	return s.srv.poolFor(s.database, s.user, password, n.addr)
+	p := s.srv.poolFor(s.database, s.user, password, n.addr)
+	if !ok && p.password() != password { // auth.query returned a new secret
+		p.passwordp.Store(&password)
+	}
+	return p
 }
 
 // noteReadyLocked runs at each ReadyForQuery the client sees: a transaction

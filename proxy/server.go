@@ -34,6 +34,7 @@ type Options struct {
 // admin HTTP endpoint. Its methods are safe for concurrent use.
 type Server struct {
 	cfg        atomic.Pointer[config.Config]
+	authq      authQuerier // auth.query lookups
 	log        *slog.Logger
 	m          *metrics
 	qs         *queryStats
@@ -464,5 +465,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.topo.close()
 	s.stopLogrepl()
 	s.cache.close()
+	s.authq.close()
 	return err
 }

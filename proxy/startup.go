@@ -118,13 +118,22 @@ func (s *session) startup(ctx context.Context) error {
 	}
 	s.settings = settings
 
-	// Authenticate the client against auth.users (or admit it: trust).
-	lookup := func(user string) (string, bool) { return s.cfg.UserPassword(user) }
+	// Authenticate the client against auth.users or the secret auth.query
+	// returns (or admit it: trust).
 	if err := s.w.Flush(); err != nil {
 		return err
 	}
-	be := pgproto3.NewBackend(lio, lio)
 	actx, cancel := context.WithDeadline(ctx, deadline)
+	password, known, err := s.userSecret(actx)
+	if err != nil {
+		cancel()
+		s.srv.m.authFailures.Inc()
+		s.log.Warn("auth.query failed", "user", s.user, "err", err)
+		s.sendFatal(authQueryFailed(s.user, err))
+		return err
+	}
+	lookup := func(string) (string, bool) { return password, known }
+	be := pgproto3.NewBackend(lio, lio)
 	err = auth.AuthenticateClient(actx, be, auth.Method(s.cfg.Auth.Method), s.user, lookup)
 	cancel()
 	if err != nil {
@@ -137,8 +146,13 @@ func (s *session) startup(ctx context.Context) error {
 	if s.database == adminDatabase {
 		return s.adminLogin()
 	}
-	password, _ := s.cfg.UserPassword(s.user)
 	s.pool = s.srv.poolFor(s.database, s.user, password, s.srv.topo.writer().addr)
+	if _, listed := s.cfg.UserPassword(s.user); !listed && known && s.pool.password() != password {
+		// auth.query returned another secret than the pool was made with
+		// (ALTER ROLE … PASSWORD): new server logins use the new one, whose
+		// ClientKey this login has just left.
+		s.pool.passwordp.Store(&password)
+	}
 
 	// A first server connection proves the database and user exist (its
 	// refusal reaches the client verbatim) and tells us the parameters to
@@ -273,3 +287,23 @@ func sortedKeys(m map[string]string) []string {
 }
 
 func tlsServer(c net.Conn, cfg *tls.Config) *tls.Conn { return tls.Server(c, cfg) }
+
+// userSecret returns the configured password or stored secret of the
+// client's user: from auth.users, else from auth.query when it is set. An
+// error means auth.query could not run.
+func (s *session) userSecret(ctx context.Context) (string, bool, error) {
+	if pw, ok := s.cfg.UserPassword(s.user); ok || s.cfg.Auth.Method == config.AuthTrust || s.cfg.Auth.Query.SQL == "" {
+		return pw, ok, nil
+	}
+	secret, found, err := s.srv.authq.lookup(ctx, s.cfg, s.srv.topo.writer().addr, s.user)
+	switch {
+	case err != nil:
+		s.srv.m.authQueries.WithLabelValues("error").Inc()
+		return "", false, err
+	case found:
+		s.srv.m.authQueries.WithLabelValues("found").Inc()
+	default:
+		s.srv.m.authQueries.WithLabelValues("not_found").Inc()
+	}
+	return secret, found, nil
+}
