@@ -18,8 +18,10 @@ import (
 // auth.users password) talks to pgsluice itself, not to PostgreSQL, as with
 // PgBouncer's "pgbouncer" database. It speaks the simple query protocol
 // (what psql uses) and answers SHOW POOLS, CLIENTS, SERVERS, STATS,
-// QUERIES, REPLICAS, CACHE, CONFIG, HELP, and RELOAD, PAUSE, RESUME
-// (admin_show.go builds the rows). Other users are refused with 28000.
+// QUERIES, REPLICAS, CACHE, CONFIG, DATABASES, VERSION, HELP (admin_show.go
+// builds the rows), and RELOAD, PAUSE, RESUME, RECONNECT, WAIT_CLOSE,
+// DISABLE, ENABLE, KILL (admin_db.go for the per-database ones). Other users
+// are refused with 28000.
 
 // adminDatabase is the database name that opens the admin console.
 const adminDatabase = "pgsluice"
@@ -205,9 +207,21 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 		}
 		s.srv.log.Info("reconnecting server connections (admin RECONNECT)", "user", s.user, "database", db, "pools", pools, "closed_idle", closed)
 		return &resultSet{tag: "RECONNECT"}, nil
-	case "RELOAD", "PAUSE", "RESUME":
+	case "PAUSE", "RESUME", "WAIT_CLOSE":
+		if len(words) > 2 {
+			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: want %s or %s <database>", verb, verb)
+		}
+		if len(words) == 2 {
+			return s.adminDBCommand(verb, words[1])
+		}
+	case "DISABLE", "ENABLE", "KILL":
+		if len(words) != 2 {
+			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: want %s <database>", verb)
+		}
+		return s.adminDBCommand(verb, words[1])
+	case "RELOAD":
 		if len(words) != 1 {
-			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: %s takes no argument (pgsluice pauses every pool)", verb)
+			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: RELOAD takes no argument")
 		}
 	}
 	switch verb {
@@ -228,8 +242,38 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 		s.srv.resume()
 		s.srv.log.Info("resumed (admin RESUME)", "user", s.user)
 		return &resultSet{tag: "RESUME"}, nil
+	case "WAIT_CLOSE":
+		s.srv.waitClose("")
+		return &resultSet{tag: "WAIT_CLOSE"}, nil
 	}
-	return nil, pgerr.New(pgerr.SyntaxError, "syntax error at or near %q: the admin console accepts SHOW, RELOAD, PAUSE, RESUME and RECONNECT (SHOW HELP)", truncate(words[0], 64))
+	return nil, pgerr.New(pgerr.SyntaxError, "syntax error at or near %q: the admin console accepts SHOW, RELOAD, PAUSE, RESUME, RECONNECT, WAIT_CLOSE, DISABLE, ENABLE and KILL (SHOW HELP)", truncate(words[0], 64))
+}
+
+// adminDBCommand runs a command on one database (admin_db.go).
+func (s *session) adminDBCommand(verb, db string) (*resultSet, error) {
+	log := s.srv.log.With("user", s.user, "database", db)
+	switch verb {
+	case "PAUSE":
+		log.Info("pausing a database (admin PAUSE db): its new queries wait")
+		s.srv.pauseDB(db, true)
+	case "RESUME":
+		if err := s.srv.resumeDB(db); err != nil {
+			return nil, err
+		}
+		log.Info("resumed a database (admin RESUME db)")
+	case "DISABLE":
+		s.srv.setDisabled(db, true)
+		log.Info("database disabled (admin DISABLE): new clients are refused")
+	case "ENABLE":
+		s.srv.setDisabled(db, false)
+		log.Info("database enabled (admin ENABLE)")
+	case "KILL":
+		n := s.srv.kill(db)
+		log.Warn("closed every client of a database (admin KILL); it stays paused until RESUME", "clients", n)
+	case "WAIT_CLOSE":
+		s.srv.waitClose(db)
+	}
+	return &resultSet{tag: verb}, nil
 }
 
 func truncate(s string, n int) string {
@@ -265,22 +309,36 @@ func (r *resultSet) append(dst []byte) []byte {
 	return dst
 }
 
-// pauseGate implements PAUSE/RESUME: while paused, a client that needs a
-// server connection waits. Safe for concurrent use.
+// pauseGate implements PAUSE/RESUME, for every database or one (admin_db.go):
+// while paused, a client that needs a server connection waits. It also
+// holds the databases DISABLE closed to new clients. Safe for concurrent
+// use; Server.pausedFlag is true while anything is paused.
 type pauseGate struct {
 	mu      sync.Mutex
-	paused  bool
+	paused  bool // PAUSE: every database
 	resumed chan struct{}
+	// dbs are the databases paused one by one (PAUSE db, KILL db), each
+	// with the channel RESUME closes.
+	dbs      map[string]chan struct{}
+	disabled map[string]bool // DISABLE db
 }
 
-// waitIfPaused blocks while the proxy is paused (or until it drains).
-func (s *Server) waitIfPaused() {
+// setFlagLocked keeps Server.pausedFlag in step with the gate (gate.mu held).
+func (s *Server) setFlagLocked() {
+	s.pausedFlag.Store(s.gate.paused || len(s.gate.dbs) > 0)
+}
+
+// waitIfPaused blocks while the proxy, or database db, is paused (or until
+// it drains).
+func (s *Server) waitIfPaused(db string) {
 	if !s.pausedFlag.Load() {
 		return
 	}
 	s.gate.mu.Lock()
-	ch := s.gate.resumed
-	paused := s.gate.paused
+	ch, paused := s.gate.resumed, s.gate.paused
+	if !paused {
+		ch, paused = s.gate.dbs[db]
+	}
 	s.gate.mu.Unlock()
 	if !paused {
 		return
@@ -306,14 +364,24 @@ func (s *Server) pause() {
 	if !s.gate.paused {
 		s.gate.paused = true
 		s.gate.resumed = make(chan struct{})
-		s.pausedFlag.Store(true)
+		s.setFlagLocked()
 	}
 	s.gate.mu.Unlock()
+	s.waitLent("")
+}
+
+// waitLent waits until no server connection of database db (every
+// database: "") is lent, or the pause it waits for is lifted, or the proxy
+// drains.
+func (s *Server) waitLent(db string) {
 	for !s.draining.Load() {
 		s.gate.mu.Lock()
 		still := s.gate.paused
+		if db != "" && !still {
+			_, still = s.gate.dbs[db]
+		}
 		s.gate.mu.Unlock()
-		if !still || s.activeServers() == 0 {
+		if !still || s.activeServers(db) == 0 {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -341,17 +409,24 @@ func (s *Server) resume() {
 	defer s.gate.mu.Unlock()
 	if s.gate.paused {
 		s.gate.paused = false
-		s.pausedFlag.Store(false)
 		close(s.gate.resumed)
 	}
+	for db, ch := range s.gate.dbs {
+		close(ch)
+		delete(s.gate.dbs, db)
+	}
+	s.setFlagLocked()
 }
 
-// activeServers counts server connections lent to clients.
-func (s *Server) activeServers() int {
+// activeServers counts server connections lent to clients, of database db
+// (every database: "").
+func (s *Server) activeServers(db string) int {
 	n := 0
 	for _, p := range s.poolList() {
-		active, _, _, _ := p.stats()
-		n += active
+		if db == "" || p.key.database == db {
+			active, _, _, _ := p.stats()
+			n += active
+		}
 	}
 	return n
 }

@@ -26,15 +26,17 @@ var adminShows map[string]adminShow
 
 func init() {
 	adminShows = map[string]adminShow{
-		"POOLS":    {"pools per (database, user, node): clients, server connections, longest wait", showPools},
-		"CLIENTS":  {"client connections", showClients},
-		"SERVERS":  {"server connections", showServers},
-		"STATS":    {"per-database totals since start: queries, time, wait", showStats},
-		"QUERIES":  {"per-fingerprint statistics, by total time", showQueries},
-		"REPLICAS": {"nodes: health, recovery, lag", showReplicas},
-		"CACHE":    {"result cache counters per backend", showCache},
-		"CONFIG":   {"the configuration in force (secrets masked)", showConfig},
-		"HELP":     {"this list", showHelp},
+		"POOLS":     {"pools per (database, user, node): clients, server connections, longest wait", showPools},
+		"CLIENTS":   {"client connections", showClients},
+		"SERVERS":   {"server connections", showServers},
+		"STATS":     {"per-database totals since start: queries, time, wait", showStats},
+		"QUERIES":   {"per-fingerprint statistics, by total time", showQueries},
+		"REPLICAS":  {"nodes: health, recovery, lag", showReplicas},
+		"CACHE":     {"result cache counters per backend", showCache},
+		"CONFIG":    {"the configuration in force (secrets masked)", showConfig},
+		"DATABASES": {"databases with pools, paused or disabled: primary, pool size and mode, connections, state", showDatabases},
+		"VERSION":   {"the pgsluice version", showVersion},
+		"HELP":      {"this list", showHelp},
 	}
 }
 
@@ -50,9 +52,13 @@ func showHelp(*Server) *resultSet {
 	}
 	r.rows = append(r.rows,
 		[]string{"RELOAD", "re-read and apply the configuration"},
-		[]string{"PAUSE", "stop lending server connections; returns once every lent one is back"},
-		[]string{"RESUME", "let paused clients go on"},
-		[]string{"RECONNECT [db]", "open new server connections: idle ones close now, lent ones when released"})
+		[]string{"PAUSE [db]", "stop lending server connections (of db); returns once every lent one is back"},
+		[]string{"RESUME [db]", "let paused clients go on (RESUME alone lifts every pause)"},
+		[]string{"RECONNECT [db]", "open new server connections: idle ones close now, lent ones when released"},
+		[]string{"WAIT_CLOSE [db]", "return once no server connection from before the last RECONNECT is left"},
+		[]string{"DISABLE db", "refuse new clients of db (55000); connected ones go on"},
+		[]string{"ENABLE db", "accept new clients of db again"},
+		[]string{"KILL db", "close every client of db (57P01) and its server connections; db stays paused until RESUME db"})
 	return r
 }
 

@@ -47,10 +47,14 @@ const (
 	idleKillNone uint32 = iota
 	idleKillClient
 	idleKillTransaction
+	idleKillAdmin // admin KILL (admin_db.go)
 )
 
 // idleKillErr is the FATAL a client closed by the janitor receives.
 func idleKillErr(kind uint32) error {
+	if kind == idleKillAdmin {
+		return pgerr.Fatal(pgerr.AdminShutdown, "terminating connection due to administrator command (pgsluice KILL)")
+	}
 	if kind == idleKillTransaction {
 		return pgerr.Fatal(pgerr.IdleInTransactionSessionTimeout,
 			"terminating connection due to idle-in-transaction timeout (pgsluice pool.idle_transaction_timeout)")

@@ -384,7 +384,7 @@ func TestAdminConsoleShow(t *testing.T) {
 		t.Errorf("Reload called %d times, want 1", reloads)
 	}
 	mu.Unlock()
-	for sql, code := range map[string]string{"SHOW NONSENSE": "42704", "SELECT 1": "42601", "SHOW": "42601", "PAUSE now": "42601"} {
+	for sql, code := range map[string]string{"SHOW NONSENSE": "42704", "SELECT 1": "42601", "SHOW": "42601", "RELOAD now": "42601", "PAUSE a b": "42601"} {
 		_, err := admin.Exec(ctx, sql).ReadAll()
 		var pe *pgconn.PgError
 		if !errors.As(err, &pe) || pe.Code != code {

@@ -172,6 +172,9 @@ func (s *session) pumpFailed(b *backend, err error) {
 	if pe := pgerr.ToError(err); pe.Code != pgerr.InternalError && pe.Code != pgerr.ConnectionFailure {
 		e = pe
 	}
+	if k := s.idleKill.Load(); k == idleKillAdmin { // KILL closed the server connection
+		e = pgerr.ToError(idleKillErr(k))
+	}
 	e.Severity = "FATAL"
 	s.w.Write(pgerr.AppendResponse(nil, e))
 	s.w.Flush()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -28,6 +29,7 @@ type Options struct {
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger
 	Reload     func() error // re-reads and applies the configuration (admin RELOAD); nil: RELOAD reports it is not available
+	Version    string       // SHOW VERSION ("dev" when empty)
 }
 
 // Server is a running pgsluice proxy: the client listener, the pools and the
@@ -35,6 +37,7 @@ type Options struct {
 type Server struct {
 	cfg        atomic.Pointer[config.Config]
 	authq      authQuerier // auth.query lookups
+	version    string
 	log        *slog.Logger
 	m          *metrics
 	qs         *queryStats
@@ -115,6 +118,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		sessions: map[*session]struct{}{},
 		done:     make(chan struct{}),
 		reload:   opts.Reload,
+		version:  cmp.Or(opts.Version, "dev"),
 
 		vanishCancels: make(chan struct{}, maxVanishCancels),
 	}

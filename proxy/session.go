@@ -336,7 +336,7 @@ func (s *session) attach(d *routing.Decision) error {
 		return nil
 	}
 	s.mu.Unlock()
-	s.srv.waitIfPaused()
+	s.srv.waitIfPaused(s.database)
 	p, n := s.choose(d)
 	// No context deadline: acquire bounds its wait by pool.acquire_timeout
 	// (a timer only when it must wait) and dialing by pool.connect_timeout.

@@ -146,6 +146,11 @@ func (s *session) startup(ctx context.Context) error {
 	if s.database == adminDatabase {
 		return s.adminLogin()
 	}
+	if _, disabled := s.srv.dbState(s.database); disabled {
+		err := disabledErr(s.database)
+		s.sendFatal(err)
+		return err
+	}
 	s.pool = s.srv.poolFor(s.database, s.user, password, s.srv.topo.writer().addr)
 	if _, listed := s.cfg.UserPassword(s.user); !listed && known && s.pool.password() != password {
 		// auth.query returned another secret than the pool was made with
@@ -203,7 +208,7 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 		}
 		defer done()
 	}
-	s.srv.waitIfPaused()
+	s.srv.waitIfPaused(s.database)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	b, err := s.pool.acquire(ctx)

@@ -62,7 +62,7 @@ func run(args []string) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rl := &reloader{path: cfgPath, log: log, level: level, current: cfg}
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Gatherer: reg, Logger: log, Reload: func() error { return rl.reload("admin RELOAD") }})
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Gatherer: reg, Logger: log, Version: version, Reload: func() error { return rl.reload("admin RELOAD") }})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgsluice:", err)
 		return 2

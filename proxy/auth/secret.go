@@ -122,6 +122,11 @@ var clientKeys struct {
 	m  map[clientKeyID][]byte
 }
 
+// maxClientKeys bounds clientKeys. A user whose key was dropped gets it
+// back at its next client login; until then its pools cannot open new
+// server connections.
+const maxClientKeys = 100000
+
 type clientKeyID struct {
 	user string
 	sum  [32]byte // sha256 of the verifier
@@ -140,8 +145,14 @@ func rememberClientKey(user, verifier string, clientKey []byte) {
 	if old, ok := clientKeys.m[id]; ok && subtle.ConstantTimeCompare(old, clientKey) == 1 {
 		return
 	}
-	if clientKeys.m == nil || len(clientKeys.m) >= 10000 {
+	if clientKeys.m == nil {
 		clientKeys.m = map[clientKeyID][]byte{}
+	}
+	for id := range clientKeys.m { // bounded: drop an arbitrary other entry
+		if len(clientKeys.m) < maxClientKeys {
+			break
+		}
+		delete(clientKeys.m, id)
 	}
 	clientKeys.m[id] = append([]byte(nil), clientKey...)
 }

@@ -1,0 +1,262 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/deploy/local"
+)
+
+// adminRows runs one admin command and returns its rows (text).
+func adminRows(t *testing.T, ctx context.Context, admin *pgconn.PgConn, sql string) ([][]string, error) {
+	t.Helper()
+	res, err := admin.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return nil, err
+	}
+	var rows [][]string
+	for _, r := range res[0].Rows {
+		row := make([]string, len(r))
+		for i, v := range r {
+			row[i] = string(v)
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+// waitsUntil runs fn in the background and checks it is still blocked
+// after a while; release must unblock it.
+func waitsUntil(t *testing.T, what string, fn func() error, release func()) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		t.Fatalf("%s returned (%v) before it should", what, err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	release()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s still blocked", what)
+	}
+}
+
+// The per-database admin commands of PgBouncer's console: SHOW VERSION and
+// DATABASES, PAUSE/RESUME db, DISABLE/ENABLE db, KILL db and WAIT_CLOSE,
+// with database "app" acted on and "postgres" beside it, unaffected.
+func TestAdminDatabases(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dsn, _ := startProxy(t, cluster, withObs(false, func(cfg *config.Config) { cfg.Admin.Users = []string{local.AppUser} }))
+	other := dsnFor(t, dsn, local.AppUser, local.AppPassword, "postgres")
+	admin, err := pgconn.Connect(ctx, adminDSN(t, dsn, local.AppUser, local.AppPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	run := func(sql string) [][]string {
+		t.Helper()
+		rows, err := adminRows(t, ctx, admin, sql)
+		if err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return rows
+	}
+	one := func(c *pgx.Conn) error {
+		var n int
+		return c.QueryRow(ctx, "SELECT 1").Scan(&n)
+	}
+
+	if v := run("SHOW VERSION"); len(v) != 1 || !strings.HasPrefix(v[0][0], "pgsluice ") {
+		t.Fatalf("SHOW VERSION = %q", v)
+	}
+	a, b := connect(t, ctx, dsn), connect(t, ctx, other)
+	for _, c := range []*pgx.Conn{a, b} {
+		if err := one(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dbRow := func(name string) []string {
+		t.Helper()
+		for _, r := range run("SHOW DATABASES") {
+			if r[0] == name {
+				return r
+			}
+		}
+		t.Fatalf("SHOW DATABASES has no row for %s", name)
+		return nil
+	}
+	// name, host, port, pool_size, pool_mode, server_connections, clients, paused, disabled
+	if r := dbRow("app"); r[1] != cluster.Primary.Host || r[4] != "transaction" || r[6] != "1" || r[7] != "0" || r[8] != "0" {
+		t.Fatalf("SHOW DATABASES app = %q", r)
+	}
+
+	t.Run("PAUSE db", func(t *testing.T) {
+		tx, err := a.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		// PAUSE app returns once app's transaction ends; postgres goes on.
+		waitsUntil(t, "PAUSE app", func() error { _, err := adminRows(t, ctx, admin, "PAUSE app"); return err },
+			func() {
+				if err := one(b); err != nil {
+					t.Errorf("the other database while app pauses: %v", err)
+				}
+				if err := tx.Commit(ctx); err != nil {
+					t.Fatal(err)
+				}
+			})
+		if r := dbRow("app"); r[7] != "1" {
+			t.Fatalf("paused = %q", r[7])
+		}
+		if err := one(b); err != nil {
+			t.Fatalf("the other database while app is paused: %v", err)
+		}
+		// app's next query waits for RESUME app.
+		admin2, err := pgconn.Connect(ctx, adminDSN(t, dsn, local.AppUser, local.AppPassword))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer admin2.Close(ctx)
+		waitsUntil(t, "a query on paused app", func() error { return one(a) }, func() {
+			if _, err := adminRows(t, ctx, admin2, "RESUME app"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		wantAdminErr(t, ctx, admin, "RESUME app", "55000", `database "app" is not paused`)
+	})
+
+	t.Run("DISABLE db", func(t *testing.T) {
+		run("DISABLE app")
+		if r := dbRow("app"); r[8] != "1" {
+			t.Fatalf("disabled = %q", r[8])
+		}
+		_, err := pgconn.Connect(ctx, dsn)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "55000" || pe.Severity != "FATAL" || !strings.Contains(pe.Message, `database "app" is not currently accepting connections`) {
+			t.Fatalf("a new client of a disabled database: %v", err)
+		}
+		if err := one(a); err != nil { // connected clients go on
+			t.Fatalf("a connected client of the disabled database: %v", err)
+		}
+		connect(t, ctx, other).Close(ctx)
+		run("ENABLE app")
+		connect(t, ctx, dsn).Close(ctx)
+	})
+
+	t.Run("KILL db", func(t *testing.T) {
+		direct := connect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
+		if _, err := direct.Exec(ctx, "DROP TABLE IF EXISTS admin_kill; CREATE TABLE admin_kill(v int)"); err != nil {
+			t.Fatal(err)
+		}
+		idle := connect(t, ctx, dsn)
+		if err := one(idle); err != nil {
+			t.Fatal(err)
+		}
+		busy := connect(t, ctx, dsn)
+		tx, err := busy.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pid int32
+		if _, err := tx.Exec(ctx, "INSERT INTO admin_kill VALUES (1)"); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		sleeping := make(chan error, 1)
+		go func() { _, err := tx.Exec(ctx, "SELECT pg_sleep(30)"); sleeping <- err }()
+		time.Sleep(200 * time.Millisecond)
+		start := time.Now()
+		run("KILL app")
+		var pe *pgconn.PgError
+		select {
+		case err := <-sleeping:
+			if !errors.As(err, &pe) || pe.Code != "57P01" || pe.Severity != "FATAL" {
+				t.Fatalf("a client running a statement: %v, want FATAL 57P01", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("KILL left a running statement alone")
+		}
+		if err := one(idle); !errors.As(err, &pe) || pe.Code != "57P01" {
+			t.Fatalf("an idle client after KILL: %v, want 57P01", err)
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Errorf("KILL took %v", time.Since(start))
+		}
+		// Its transaction was rolled back and its server session ended.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var n, rows int
+			if err := direct.QueryRow(ctx, "SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid = $1), (SELECT count(*) FROM admin_kill)", pid).Scan(&n, &rows); err != nil {
+				t.Fatal(err)
+			}
+			if rows != 0 {
+				t.Fatal("the killed client's INSERT was committed")
+			}
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("server session %d of a killed client is still there", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := one(b); err != nil {
+			t.Fatalf("the other database after KILL app: %v", err)
+		}
+		// app stays paused until RESUME app.
+		late := connect(t, ctx, dsn)
+		waitsUntil(t, "a query on killed app", func() error { return one(late) }, func() { run("RESUME app") })
+	})
+
+	t.Run("WAIT_CLOSE", func(t *testing.T) {
+		c := connect(t, ctx, dsn)
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		run("RECONNECT app")
+		run("WAIT_CLOSE postgres") // nothing of postgres is stale
+		waitsUntil(t, "WAIT_CLOSE", func() error { _, err := adminRows(t, ctx, admin, "WAIT_CLOSE app"); return err },
+			func() {
+				if err := tx.Commit(ctx); err != nil {
+					t.Fatal(err)
+				}
+			})
+		run("WAIT_CLOSE")
+	})
+
+	for sql, code := range map[string]string{"KILL": "42601", "DISABLE": "42601", "PAUSE a b": "42601", "RESUME nosuchdb": "55000"} {
+		wantAdminErr(t, ctx, admin, sql, code, "")
+	}
+}
+
+func wantAdminErr(t *testing.T, ctx context.Context, admin *pgconn.PgConn, sql, code, msg string) {
+	t.Helper()
+	_, err := admin.Exec(ctx, sql).ReadAll()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != code || !strings.Contains(pe.Message, msg) {
+		t.Fatalf("%s: %v, want %s %q", sql, err, code, msg)
+	}
+}
