@@ -161,7 +161,9 @@ func (s *Server) waitClose(db string) {
 // showDatabases lists the databases pgsluice knows of: those with pools,
 // and those paused or disabled by name.
 func showDatabases(s *Server) *resultSet {
-	r := &resultSet{cols: []string{"name", "host", "port", "pool_size", "pool_mode", "server_connections", "clients", "paused", "disabled"}, tag: "SHOW"}
+	// PgBouncer's column names where the meaning is the same
+	// (current_connections: server connections, all users and nodes).
+	r := &resultSet{cols: []string{"name", "host", "port", "database", "pool_size", "pool_mode", "current_connections", "clients", "paused", "disabled"}, tag: "SHOW"}
 	cfg := s.cfgNow()
 	servers := map[string]int{}
 	for _, p := range s.poolList() {
@@ -195,7 +197,7 @@ func showDatabases(s *Server) *resultSet {
 	}
 	for _, db := range slices.Compact(names) {
 		paused, disabled := s.dbState(db)
-		r.rows = append(r.rows, []string{db, cfg.Primary.Host, strconv.Itoa(cfg.Primary.Port), strconv.Itoa(cfg.Pool.Size),
+		r.rows = append(r.rows, []string{db, cfg.Primary.Host, strconv.Itoa(cfg.Primary.Port), db, strconv.Itoa(cfg.Pool.Size),
 			cfg.Pool.Mode, strconv.Itoa(servers[db]), strconv.Itoa(clients[db]), b(paused), b(disabled)})
 	}
 	return r

@@ -99,8 +99,8 @@ func TestAdminDatabases(t *testing.T) {
 		t.Fatalf("SHOW DATABASES has no row for %s", name)
 		return nil
 	}
-	// name, host, port, pool_size, pool_mode, server_connections, clients, paused, disabled
-	if r := dbRow("app"); r[1] != cluster.Primary.Host || r[4] != "transaction" || r[6] != "1" || r[7] != "0" || r[8] != "0" {
+	// name, host, port, database, pool_size, pool_mode, current_connections, clients, paused, disabled
+	if r := dbRow("app"); r[1] != cluster.Primary.Host || r[5] != "transaction" || r[6] == "0" || r[7] != "1" || r[8] != "0" || r[9] != "0" {
 		t.Fatalf("SHOW DATABASES app = %q", r)
 	}
 
@@ -122,8 +122,8 @@ func TestAdminDatabases(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
-		if r := dbRow("app"); r[7] != "1" {
-			t.Fatalf("paused = %q", r[7])
+		if r := dbRow("app"); r[8] != "1" {
+			t.Fatalf("paused = %q", r[8])
 		}
 		if err := one(b); err != nil {
 			t.Fatalf("the other database while app is paused: %v", err)
@@ -144,8 +144,8 @@ func TestAdminDatabases(t *testing.T) {
 
 	t.Run("DISABLE db", func(t *testing.T) {
 		run("DISABLE app")
-		if r := dbRow("app"); r[8] != "1" {
-			t.Fatalf("disabled = %q", r[8])
+		if r := dbRow("app"); r[9] != "1" {
+			t.Fatalf("disabled = %q", r[9])
 		}
 		_, err := pgconn.Connect(ctx, dsn)
 		var pe *pgconn.PgError
