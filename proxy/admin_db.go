@@ -97,6 +97,10 @@ const killGrace = time.Second
 // and leaves db paused. It returns the number of clients.
 func (s *Server) kill(db string) int {
 	s.pauseDB(db, false)
+	// First, so that every server connection a killed session releases
+	// from now on is closed, not pooled: idle server connections close now,
+	// lent ones on release.
+	s.reconnect(db)
 	var victims []*session
 	for _, sess := range s.sessionList() {
 		if sess.admin || sess.database != db {
@@ -121,7 +125,6 @@ func (s *Server) kill(db string) int {
 			}()
 		}
 	}
-	s.reconnect(db) // idle server connections close now, lent ones on release
 	if len(victims) > 0 {
 		time.AfterFunc(killGrace, func() {
 			s.mu.Lock()

@@ -252,6 +252,54 @@ func TestAdminDatabases(t *testing.T) {
 	}
 }
 
+// KILL in session pooling: the client holds its server connection while
+// idle; it gets 57P01 and that server session ends.
+func TestAdminKillSessionMode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn, _ := startProxy(t, cluster, withObs(false, func(cfg *config.Config) {
+		cfg.Admin.Users = []string{local.AppUser}
+		cfg.Pool.Mode = config.ModeSession
+	}))
+	c := connect(t, ctx, dsn)
+	var pid int32
+	if err := c.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgconn.Connect(ctx, adminDSN(t, dsn, local.AppUser, local.AppPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := adminRows(t, ctx, admin, "KILL app"); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	err = c.QueryRow(ctx, "SELECT 1").Scan(&n)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "57P01" {
+		t.Fatalf("after KILL: %v, want 57P01", err)
+	}
+	direct := connect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server session %d of the killed client is still there", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := adminRows(t, ctx, admin, "RESUME app"); err != nil {
+		t.Fatal(err)
+	}
+	connect(t, ctx, dsn).Close(ctx)
+}
+
 func wantAdminErr(t *testing.T, ctx context.Context, admin *pgconn.PgConn, sql, code, msg string) {
 	t.Helper()
 	_, err := admin.Exec(ctx, sql).ReadAll()
