@@ -50,6 +50,10 @@ type PoolConfig struct {
 	IdleTimeout    time.Duration `mapstructure:"idle_timeout" yaml:"idle_timeout"`
 	MaxLifetime    time.Duration `mapstructure:"max_lifetime" yaml:"max_lifetime"`
 	MaxClientConn  int           `mapstructure:"max_client_conn" yaml:"max_client_conn"`
+	// MaxDBConnections caps the server connections to one database on
+	// one node across all its users' pools (0: no cap beyond pool.size
+	// per pool).
+	MaxDBConnections int `mapstructure:"max_db_connections" yaml:"max_db_connections"`
 	// ConnectTimeout bounds dialling and authenticating a backend.
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout"`
 	// CheckAfter: a backend idle longer than this is checked for liveness

@@ -287,6 +287,9 @@ func (c Config) Validate() error {
 	if c.Pool.Size < 1 {
 		add("pool.size", "want >= 1, got %d", c.Pool.Size)
 	}
+	if c.Pool.MaxDBConnections < 0 {
+		add("pool.max_db_connections", "want 0 (no cap) or more, got %d", c.Pool.MaxDBConnections)
+	}
 	if c.Pool.MinIdle < 0 || c.Pool.MinIdle > c.Pool.Size {
 		add("pool.min_idle", "want between 0 and pool.size (%d), got %d", c.Pool.Size, c.Pool.MinIdle)
 	}

@@ -64,15 +64,36 @@ type backend struct {
 
 	// broken marks a connection that must be closed, not reused.
 	broken bool
+	// slot is its pool.max_db_connections slot, given back by close.
+	slot dbSlot
 
 	id uint64
 }
 
 var backendIDs atomic.Uint64
 
-// dialBackend connects and authenticates to node as user on database,
+// dialBackend takes a pool.max_db_connections slot (waiting for one when
+// wait is set) and dials a backend holding it.
+func dialBackend(ctx context.Context, p *pool, wait bool) (*backend, error) {
+	if p.lim == nil {
+		return dialBackendConn(ctx, p)
+	}
+	if err := p.lim.take(ctx, p, wait); err != nil {
+		return nil, err
+	}
+	b, err := dialBackendConn(ctx, p)
+	if err != nil {
+		p.lim.give(p.cfg().Pool.MaxDBConnections)
+		return nil, err
+	}
+	b.slot.lim = p.lim
+	b.slot.held.Store(true)
+	return b, nil
+}
+
+// dialBackendConn connects and authenticates to node as user on database,
 // reads the server's startup parameters and returns an idle backend.
-func dialBackend(ctx context.Context, p *pool) (*backend, error) {
+func dialBackendConn(ctx context.Context, p *pool) (*backend, error) {
 	cfg := p.cfg()
 	epoch := p.epoch.Load()
 	d := net.Dialer{Timeout: cfg.Pool.ConnectTimeout}
@@ -325,6 +346,7 @@ func (b *backend) close() {
 		b.w.Flush()
 	}
 	b.conn.Close()
+	b.slot.release(b.pool)
 }
 
 // stmtLRU is a bounded set of statement names with least-recently-used

@@ -73,8 +73,20 @@
 // latency histogram (metrics.max_fingerprints, the rest "other"). A client
 // that logs in to the database "pgsluice" as one of admin.users gets the
 // admin console (admin.go, admin_show.go) instead of a server connection;
-// PAUSE closes a gate that attach waits on; RECONNECT advances each pool's
-// epoch, and a connection dialled in an older epoch is closed when released.
+// PAUSE closes a gate that attach waits on (for every database, or one:
+// admin_db.go, with DISABLE, KILL and WAIT_CLOSE); RECONNECT advances each
+// pool's epoch, and a connection dialled in an older epoch is closed when
+// released.
+//
+// # Pools and their limits
+//
+// A pool serves one (database, user, node) with at most pool.size server
+// connections (pool.go). pool.max_db_connections caps one (database, node)
+// across users (dblimit.go): a dial takes a slot, backend.close gives it
+// back, and while anyone waits for a slot a released connection is closed
+// instead of pooled. Logins: a user missing from auth.users is looked up
+// with auth.query (authquery.go), and its stored secret answers the
+// servers through proxy/auth.
 //
 // # Result cache
 //

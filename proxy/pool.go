@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,8 +31,11 @@ type pool struct {
 	// epoch counts RECONNECTs (reconnect): connections dialled before the
 	// last one are closed instead of reused.
 	epoch atomic.Uint64
-	log   *slog.Logger
-	m     *metrics
+	// lim counts this pool's connections against pool.max_db_connections
+	// (dblimit.go); nil in unit tests.
+	lim *dbLimit
+	log *slog.Logger
+	m   *metrics
 
 	mu      sync.Mutex
 	idle    []*backend // LIFO: the most recently used is reused first
@@ -74,8 +78,9 @@ type grant struct {
 	err error
 }
 
-func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger, m *metrics) *pool {
+func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger, m *metrics, lim func(*pool) *dbLimit) *pool {
 	p := &pool{key: key, log: log, m: m, stop: make(chan struct{})}
+	p.lim = lim(p)
 	p.cfgp.Store(cfg)
 	p.passwordp.Store(&password)
 	go p.janitor()
@@ -257,7 +262,7 @@ func (p *pool) takeGrant(ctx context.Context, g grant) (*backend, error) {
 
 // open dials a new connection for a slot already counted in total/active.
 func (p *pool) open(ctx context.Context) (*backend, error) {
-	b, err := dialBackend(ctx, p)
+	b, err := dialBackend(ctx, p, true)
 	if err != nil {
 		err = connectFailed(p, err)
 		p.mu.Lock()
@@ -299,6 +304,14 @@ func (p *pool) release(b *backend) {
 		p.active++
 		p.mu.Unlock()
 		w.ch <- grant{b: b}
+		return
+	}
+	if p.lim != nil && p.lim.nwait.Load() > 0 {
+		// Another user's pool waits for a slot of this database
+		// (pool.max_db_connections): this connection's goes to it.
+		p.total--
+		p.mu.Unlock()
+		b.close()
 		return
 	}
 	p.idle = append(p.idle, b)
@@ -381,12 +394,14 @@ func (p *pool) janitor() {
 			b.close()
 		}
 		for i := 0; i < need; i++ {
-			b, err := dialBackend(context.Background(), p)
+			b, err := dialBackend(context.Background(), p, false)
 			p.mu.Lock()
 			if err != nil {
 				p.total--
 				p.mu.Unlock()
-				p.log.Warn("cannot open min_idle server connection", "addr", p.key.addr, "err", err)
+				if err != errNoDBSlot {
+					p.log.Warn("cannot open min_idle server connection", "addr", p.key.addr, "err", err)
+				}
 				continue
 			}
 			p.active++
@@ -394,6 +409,20 @@ func (p *pool) janitor() {
 			p.release(b)
 		}
 	}
+}
+
+// takeOldestIdle removes the least recently used idle connection from the
+// pool for closing, or returns nil (pool.max_db_connections eviction).
+func (p *pool) takeOldestIdle() *backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) == 0 {
+		return nil
+	}
+	b := p.idle[0]
+	p.idle = slices.Delete(p.idle, 0, 1)
+	p.total--
+	return b
 }
 
 // stats returns a snapshot for metrics and the admin console.

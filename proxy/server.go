@@ -36,7 +36,8 @@ type Options struct {
 // admin HTTP endpoint. Its methods are safe for concurrent use.
 type Server struct {
 	cfg        atomic.Pointer[config.Config]
-	authq      authQuerier // auth.query lookups
+	authq      authQuerier             // auth.query lookups
+	limits     map[dbLimitKey]*dbLimit // pool.max_db_connections (mu)
 	version    string
 	log        *slog.Logger
 	m          *metrics
@@ -253,7 +254,7 @@ func (s *Server) poolFor(database, user, password, addr string) *pool {
 	defer s.mu.Unlock()
 	p := s.pools[k]
 	if p == nil {
-		p = newPool(k, password, s.cfgNow(), s.log, s.m)
+		p = newPool(k, password, s.cfgNow(), s.log, s.m, s.limitForLocked)
 		s.pools[k] = p
 		s.startLogreplLocked(database)
 	}
