@@ -54,6 +54,9 @@ type PoolConfig struct {
 	// one node across all its users' pools (0: no cap beyond pool.size
 	// per pool).
 	MaxDBConnections int `mapstructure:"max_db_connections" yaml:"max_db_connections"`
+	// MaxUserConnections caps the server connections to one node as one
+	// user across all its databases' pools (0: no cap).
+	MaxUserConnections int `mapstructure:"max_user_connections" yaml:"max_user_connections"`
 	// ConnectTimeout bounds dialling and authenticating a backend.
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout" yaml:"connect_timeout"`
 	// CheckAfter: a backend idle longer than this is checked for liveness

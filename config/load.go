@@ -290,6 +290,9 @@ func (c Config) Validate() error {
 	if c.Pool.MaxDBConnections < 0 {
 		add("pool.max_db_connections", "want 0 (no cap) or more, got %d", c.Pool.MaxDBConnections)
 	}
+	if c.Pool.MaxUserConnections < 0 {
+		add("pool.max_user_connections", "want 0 (no cap) or more, got %d", c.Pool.MaxUserConnections)
+	}
 	if c.Pool.MinIdle < 0 || c.Pool.MinIdle > c.Pool.Size {
 		add("pool.min_idle", "want between 0 and pool.size (%d), got %d", c.Pool.Size, c.Pool.MinIdle)
 	}

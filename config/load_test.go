@@ -58,9 +58,9 @@ func TestLoad(t *testing.T) {
 			wantErr: []string{"auth.users[0].password", "32 bytes of base64", "auth.users[1].password", "want SCRAM-SHA-256$<iterations>", "auth.users[2].password", "iteration count \"0\""},
 		},
 		{
-			name:    "pool.max_db_connections cannot be negative",
-			env:     []string{"PGSLUICE_PRIMARY_HOST=db1", "PGSLUICE_AUTH_METHOD=trust", "PGSLUICE_POOL_MAX_DB_CONNECTIONS=-1"},
-			wantErr: []string{"pool.max_db_connections: want 0 (no cap) or more, got -1"},
+			name:    "pool.max_db_connections and max_user_connections cannot be negative",
+			env:     []string{"PGSLUICE_PRIMARY_HOST=db1", "PGSLUICE_AUTH_METHOD=trust", "PGSLUICE_POOL_MAX_DB_CONNECTIONS=-1", "PGSLUICE_POOL_MAX_USER_CONNECTIONS=-2"},
+			wantErr: []string{"pool.max_db_connections: want 0 (no cap) or more, got -1", "pool.max_user_connections: want 0 (no cap) or more, got -2"},
 		},
 		{
 			name:    "the monitor needs a plaintext password",

@@ -46,6 +46,7 @@ var knownMetrics = map[string]metricSpec{
 	"pgsluice_client_connections":          {"gauge", nil},
 	"pgsluice_client_rejected_total":       {"counter", nil},
 	"pgsluice_auth_failures_total":         {"counter", nil},
+	"pgsluice_auth_queries_total":          {"counter", []string{"result"}},
 	"pgsluice_pool_wait_seconds":           {"histogram", nil},
 	"pgsluice_pool_acquire_timeouts_total": {"counter", nil},
 	"pgsluice_pool_server_connects_total":  {"counter", nil},

@@ -64,30 +64,31 @@ type backend struct {
 
 	// broken marks a connection that must be closed, not reused.
 	broken bool
-	// slot is its pool.max_db_connections slot, given back by close.
-	slot dbSlot
+	// slots are its pool.max_db_connections and max_user_connections
+	// slots, given back by close.
+	slots connSlots
 
 	id uint64
 }
 
 var backendIDs atomic.Uint64
 
-// dialBackend takes a pool.max_db_connections slot (waiting for one when
-// wait is set) and dials a backend holding it.
+// dialBackend takes a slot of pool.max_db_connections and
+// max_user_connections (waiting for them when wait is set) and dials a
+// backend holding them.
 func dialBackend(ctx context.Context, p *pool, wait bool) (*backend, error) {
-	if p.lim == nil {
+	if p.lims[0] == nil {
 		return dialBackendConn(ctx, p)
 	}
-	if err := p.lim.take(ctx, p, wait); err != nil {
+	if err := p.takeSlots(ctx, wait); err != nil {
 		return nil, err
 	}
 	b, err := dialBackendConn(ctx, p)
 	if err != nil {
-		p.lim.give(p.cfg().Pool.MaxDBConnections)
+		p.giveSlots()
 		return nil, err
 	}
-	b.slot.lim = p.lim
-	b.slot.held.Store(true)
+	b.slots.held.Store(true)
 	return b, nil
 }
 
@@ -346,7 +347,7 @@ func (b *backend) close() {
 		b.w.Flush()
 	}
 	b.conn.Close()
-	b.slot.release(b.pool)
+	b.slots.release(b.pool)
 }
 
 // stmtLRU is a bounded set of statement names with least-recently-used

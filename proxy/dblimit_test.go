@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgsluice/pgsluice/config"
+	"github.com/pgsluice/pgsluice/deploy/local"
 )
 
 // pool.max_db_connections caps the server connections to one database
@@ -94,4 +95,69 @@ func TestMaxDBConnections(t *testing.T) {
 		t.Fatalf("after app's commits: %v", err)
 	}
 	atMostTwo("end")
+}
+
+// pool.max_user_connections caps one user's server connections across
+// databases: app's third transaction, on a database where its pool could
+// still grow, waits for one of the other two to end, and gives up with
+// 53300 naming the setting when none does.
+func TestMaxUserConnections(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn, _ := startProxy(t, cluster, withObs(false, func(cfg *config.Config) {
+		cfg.Pool.Size = 5
+		cfg.Pool.MaxUserConnections = 2
+		cfg.Pool.AcquireTimeout = time.Second
+	}))
+	other := dsnFor(t, dsn, local.AppUser, local.AppPassword, "postgres")
+	su := connect(t, ctx, cluster.Primary.SuperuserDSN("postgres"))
+	atMostTwo := func(step string) {
+		t.Helper()
+		var n int
+		if err := su.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND application_name <> 'pgsluice_monitor'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 2 {
+			t.Fatalf("%s: %d server sessions of app, cap 2", step, n)
+		}
+	}
+	begin := func(c *pgx.Conn) pgx.Tx {
+		t.Helper()
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	a, b, c := connect(t, ctx, dsn), connect(t, ctx, other), connect(t, ctx, dsn)
+	txA, txB := begin(a), begin(b)
+	atMostTwo("one transaction on each database")
+	one := func(c *pgx.Conn) error {
+		var n int
+		return c.QueryRow(ctx, "SELECT 1").Scan(&n)
+	}
+	// The release on postgres is closed, not pooled, and its slot goes to
+	// app's waiting pool.
+	waitsUntil(t, "a third transaction at the user's cap", func() error { return one(c) }, func() {
+		atMostTwo("waiting")
+		if err := txB.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+	atMostTwo("ran")
+	txB = begin(b) // takes the slot back (evicting app's idle connection)
+	atMostTwo("postgres again")
+	err := one(c)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "53300" || !strings.Contains(pe.Message, `user "app" has its pool.max_user_connections (2)`) {
+		t.Fatalf("at the user's cap: %v, want 53300 naming pool.max_user_connections", err)
+	}
+	txA.Commit(ctx)
+	txB.Commit(ctx)
+	if err := one(c); err != nil {
+		t.Fatal(err)
+	}
 }

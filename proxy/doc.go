@@ -82,9 +82,10 @@
 //
 // A pool serves one (database, user, node) with at most pool.size server
 // connections (pool.go). pool.max_db_connections caps one (database, node)
-// across users (dblimit.go): a dial takes a slot, backend.close gives it
-// back, and while anyone waits for a slot a released connection is closed
-// instead of pooled. Logins: a user missing from auth.users is looked up
+// across users and pool.max_user_connections one (user, node) across
+// databases (dblimit.go): a dial takes a slot of each, backend.close gives
+// them back, and while anyone waits for a slot a released connection under
+// that limit is closed instead of pooled. Logins: a user missing from auth.users is looked up
 // with auth.query (authquery.go), and its stored secret answers the
 // servers through proxy/auth.
 //

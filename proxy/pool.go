@@ -31,11 +31,11 @@ type pool struct {
 	// epoch counts RECONNECTs (reconnect): connections dialled before the
 	// last one are closed instead of reused.
 	epoch atomic.Uint64
-	// lim counts this pool's connections against pool.max_db_connections
-	// (dblimit.go); nil in unit tests.
-	lim *dbLimit
-	log *slog.Logger
-	m   *metrics
+	// lims count this pool's connections against pool.max_db_connections
+	// and pool.max_user_connections (dblimit.go); nil in unit tests.
+	lims [2]*connLimit
+	log  *slog.Logger
+	m    *metrics
 
 	mu      sync.Mutex
 	idle    []*backend // LIFO: the most recently used is reused first
@@ -78,9 +78,9 @@ type grant struct {
 	err error
 }
 
-func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger, m *metrics, lim func(*pool) *dbLimit) *pool {
+func newPool(key poolKey, password string, cfg *config.Config, log *slog.Logger, m *metrics, lims func(*pool) [2]*connLimit) *pool {
 	p := &pool{key: key, log: log, m: m, stop: make(chan struct{})}
-	p.lim = lim(p)
+	p.lims = lims(p)
 	p.cfgp.Store(cfg)
 	p.passwordp.Store(&password)
 	go p.janitor()
@@ -306,9 +306,10 @@ func (p *pool) release(b *backend) {
 		w.ch <- grant{b: b}
 		return
 	}
-	if p.lim != nil && p.lim.nwait.Load() > 0 {
-		// Another user's pool waits for a slot of this database
-		// (pool.max_db_connections): this connection's goes to it.
+	if p.limitWaiting() {
+		// Another pool waits for a slot of this database or user
+		// (pool.max_db_connections, max_user_connections): this
+		// connection's go to it.
 		p.total--
 		p.mu.Unlock()
 		b.close()
@@ -399,7 +400,7 @@ func (p *pool) janitor() {
 			if err != nil {
 				p.total--
 				p.mu.Unlock()
-				if err != errNoDBSlot {
+				if err != errNoSlot {
 					p.log.Warn("cannot open min_idle server connection", "addr", p.key.addr, "err", err)
 				}
 				continue

@@ -37,7 +37,7 @@ type Options struct {
 type Server struct {
 	cfg        atomic.Pointer[config.Config]
 	authq      authQuerier             // auth.query lookups
-	limits     map[dbLimitKey]*dbLimit // pool.max_db_connections (mu)
+	limits     map[limitKey]*connLimit // pool.max_db/user_connections (mu)
 	version    string
 	log        *slog.Logger
 	m          *metrics
@@ -254,7 +254,7 @@ func (s *Server) poolFor(database, user, password, addr string) *pool {
 	defer s.mu.Unlock()
 	p := s.pools[k]
 	if p == nil {
-		p = newPool(k, password, s.cfgNow(), s.log, s.m, s.limitForLocked)
+		p = newPool(k, password, s.cfgNow(), s.log, s.m, s.limitsForLocked)
 		s.pools[k] = p
 		s.startLogreplLocked(database)
 	}
