@@ -31,28 +31,8 @@ func TestMaxDBConnections(t *testing.T) {
 	md5dsn := dsnFor(t, dsn, "md5u", "md5pass", "app")
 	// PostgreSQL's own count of server sessions of app and md5u on
 	// database app, checked against the cap at every step.
-	su := connect(t, ctx, cluster.Primary.SuperuserDSN("postgres"))
-	atMostTwo := func(step string) {
-		t.Helper()
-		var n int
-		if err := su.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' AND usename IN ('app', 'md5u')").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n > 2 {
-			t.Fatalf("%s: %d server sessions on app, cap 2", step, n)
-		}
-	}
-	begin := func(c *pgx.Conn) pgx.Tx {
-		t.Helper()
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
-		return tx
-	}
+	atMostTwo := sessionsAtMost(t, ctx, "datname = 'app' AND usename IN ('app', 'md5u')", 2)
+	begin := func(c *pgx.Conn) pgx.Tx { return beginTx(t, ctx, c) }
 	// md5u's login leaves one server connection idle in its pool; app's
 	// second transaction evicts it.
 	m := connect(t, ctx, md5dsn)
@@ -110,28 +90,8 @@ func TestMaxUserConnections(t *testing.T) {
 		cfg.Pool.AcquireTimeout = time.Second
 	}))
 	other := dsnFor(t, dsn, local.AppUser, local.AppPassword, "postgres")
-	su := connect(t, ctx, cluster.Primary.SuperuserDSN("postgres"))
-	atMostTwo := func(step string) {
-		t.Helper()
-		var n int
-		if err := su.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND application_name <> 'pgsluice_monitor'").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n > 2 {
-			t.Fatalf("%s: %d server sessions of app, cap 2", step, n)
-		}
-	}
-	begin := func(c *pgx.Conn) pgx.Tx {
-		t.Helper()
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-			t.Fatal(err)
-		}
-		return tx
-	}
+	atMostTwo := sessionsAtMost(t, ctx, "usename = 'app' AND application_name <> 'pgsluice_monitor'", 2)
+	begin := func(c *pgx.Conn) pgx.Tx { return beginTx(t, ctx, c) }
 	a, b, c := connect(t, ctx, dsn), connect(t, ctx, other), connect(t, ctx, dsn)
 	txA, txB := begin(a), begin(b)
 	atMostTwo("one transaction on each database")
@@ -160,4 +120,33 @@ func TestMaxUserConnections(t *testing.T) {
 	if err := one(c); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// sessionsAtMost returns a check that PostgreSQL's pg_stat_activity shows
+// at most max sessions matching where.
+func sessionsAtMost(t *testing.T, ctx context.Context, where string, max int) func(step string) {
+	su := connect(t, ctx, cluster.Primary.SuperuserDSN("postgres"))
+	return func(step string) {
+		t.Helper()
+		var n int
+		if err := su.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE "+where).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > max {
+			t.Fatalf("%s: %d server sessions (%s), cap %d", step, n, where, max)
+		}
+	}
+}
+
+// beginTx opens a transaction on c that holds a server connection.
+func beginTx(t *testing.T, ctx context.Context, c *pgx.Conn) pgx.Tx {
+	t.Helper()
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }
