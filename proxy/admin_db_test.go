@@ -202,22 +202,10 @@ func TestAdminDatabases(t *testing.T) {
 			t.Errorf("KILL took %v", time.Since(start))
 		}
 		// Its transaction was rolled back and its server session ended.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			var n, rows int
-			if err := direct.QueryRow(ctx, "SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid = $1), (SELECT count(*) FROM admin_kill)", pid).Scan(&n, &rows); err != nil {
-				t.Fatal(err)
-			}
-			if rows != 0 {
-				t.Fatal("the killed client's INSERT was committed")
-			}
-			if n == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("server session %d of a killed client is still there", pid)
-			}
-			time.Sleep(50 * time.Millisecond)
+		waitSessionsGone(t, ctx, direct, "a killed client's", pid)
+		var rows int
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM admin_kill").Scan(&rows); err != nil || rows != 0 {
+			t.Fatalf("the killed client's INSERT: %d rows, %v", rows, err)
 		}
 		if err := one(b); err != nil {
 			t.Fatalf("the other database after KILL app: %v", err)
@@ -281,19 +269,7 @@ func TestAdminKillSessionMode(t *testing.T) {
 		t.Fatalf("after KILL: %v, want 57P01", err)
 	}
 	direct := connect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server session %d of the killed client is still there", pid)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitSessionsGone(t, ctx, direct, "the killed client's", pid)
 	if _, err := adminRows(t, ctx, admin, "RESUME app"); err != nil {
 		t.Fatal(err)
 	}
@@ -306,5 +282,25 @@ func wantAdminErr(t *testing.T, ctx context.Context, admin *pgconn.PgConn, sql, 
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != code || !strings.Contains(pe.Message, msg) {
 		t.Fatalf("%s: %v, want %s %q", sql, err, code, msg)
+	}
+}
+
+// waitSessionsGone waits (10 s at most) until none of the server sessions
+// pids is in pg_stat_activity.
+func waitSessionsGone(t *testing.T, ctx context.Context, direct *pgx.Conn, what string, pids ...int32) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var n int
+		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %s server sessions %v still open after 10s", n, what, pids)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

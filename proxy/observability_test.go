@@ -551,20 +551,7 @@ func TestAdminReconnect(t *testing.T) {
 	}
 	// Both old server sessions end.
 	direct := connect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var n int
-		if err := direct.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", []int32{int32(txPid), int32(idlePid)}).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d server sessions from before RECONNECT still open after 10s", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitSessionsGone(t, ctx, direct, "the pre-RECONNECT", int32(txPid), int32(idlePid))
 	// The next transaction never starts on the old connection, even when
 	// the client is quicker than the release after COMMIT (the session
 	// still holds the connection then: lockAttached waits for it).

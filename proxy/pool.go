@@ -104,6 +104,15 @@ func (p *pool) cfg() *config.Config { return p.cfgp.Load() }
 // password returns the pool's current login password.
 func (p *pool) password() string { return *p.passwordp.Load() }
 
+// adoptPassword makes the pool's next server logins use password, a
+// secret auth.query returned for a user auth.users does not list (its
+// pools are made with the secret of the login that made them).
+func (p *pool) adoptPassword(password string) {
+	if p.password() != password {
+		p.passwordp.Store(&password)
+	}
+}
+
 // acquire lends a backend, waiting at most pool.acquire_timeout. The error
 // names the setting when the wait times out.
 func (p *pool) acquire(ctx context.Context) (*backend, error) {

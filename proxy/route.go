@@ -88,8 +88,8 @@ func (s *session) poolOn(n *node) *pool {
 		password = s.pool.password()
 	}
 	p := s.srv.poolFor(s.database, s.user, password, n.addr)
-	if !ok && p.password() != password { // auth.query returned a new secret
-		p.passwordp.Store(&password)
+	if !ok {
+		p.adoptPassword(password)
 	}
 	return p
 }

@@ -152,11 +152,11 @@ func (s *session) startup(ctx context.Context) error {
 		return err
 	}
 	s.pool = s.srv.poolFor(s.database, s.user, password, s.srv.topo.writer().addr)
-	if _, listed := s.cfg.UserPassword(s.user); !listed && known && s.pool.password() != password {
-		// auth.query returned another secret than the pool was made with
-		// (ALTER ROLE … PASSWORD): new server logins use the new one, whose
-		// ClientKey this login has just left.
-		s.pool.passwordp.Store(&password)
+	if _, listed := s.cfg.UserPassword(s.user); !listed && known {
+		// auth.query may have returned another secret than the pool was
+		// made with (ALTER ROLE … PASSWORD): new server logins use the new
+		// one, whose ClientKey this login has just left.
+		s.pool.adoptPassword(password)
 	}
 
 	// A first server connection proves the database and user exist (its
