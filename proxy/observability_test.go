@@ -550,8 +550,7 @@ func TestAdminReconnect(t *testing.T) {
 		}
 	}
 	// Both old server sessions end.
-	direct := connect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
-	waitSessionsGone(t, ctx, direct, "the pre-RECONNECT", int32(txPid), int32(idlePid))
+	waitBackendsGone(t, ctx, []int32{int32(txPid), int32(idlePid)})
 	// The next transaction never starts on the old connection, even when
 	// the client is quicker than the release after COMMIT (the session
 	// still holds the connection then: lockAttached waits for it).
