@@ -75,10 +75,7 @@ func TestAdminDatabases(t *testing.T) {
 		}
 		return rows
 	}
-	one := func(c *pgx.Conn) error {
-		var n int
-		return c.QueryRow(ctx, "SELECT 1").Scan(&n)
-	}
+	one := func(c *pgx.Conn) error { return queryOne(ctx, c) }
 
 	if v := run("SHOW VERSION"); len(v) != 1 || !strings.HasPrefix(v[0][0], "pgsluice ") {
 		t.Fatalf("SHOW VERSION = %q", v)
@@ -282,4 +279,10 @@ func wantAdminErr(t *testing.T, ctx context.Context, admin *pgconn.PgConn, sql, 
 	if !errors.As(err, &pe) || pe.Code != code || !strings.Contains(pe.Message, msg) {
 		t.Fatalf("%s: %v, want %s %q", sql, err, code, msg)
 	}
+}
+
+// queryOne runs one query that needs a server connection on c.
+func queryOne(ctx context.Context, c *pgx.Conn) error {
+	var n int
+	return c.QueryRow(ctx, "SELECT 1").Scan(&n)
 }

@@ -42,10 +42,7 @@ func TestMaxDBConnections(t *testing.T) {
 
 	// md5u waits; app's commit releases a connection, which is closed and
 	// its slot handed to md5u.
-	one := func(c *pgx.Conn) error {
-		var who string
-		return c.QueryRow(ctx, "SELECT current_user").Scan(&who)
-	}
+	one := func(c *pgx.Conn) error { return queryOne(ctx, c) }
 	waitsUntil(t, "md5u's query at the cap", func() error { return one(m) }, func() {
 		atMostTwo("md5u waits")
 		if err := tx1.Commit(ctx); err != nil {
@@ -95,10 +92,7 @@ func TestMaxUserConnections(t *testing.T) {
 	a, b, c := connect(t, ctx, dsn), connect(t, ctx, other), connect(t, ctx, dsn)
 	txA, txB := begin(a), begin(b)
 	atMostTwo("one transaction on each database")
-	one := func(c *pgx.Conn) error {
-		var n int
-		return c.QueryRow(ctx, "SELECT 1").Scan(&n)
-	}
+	one := func(c *pgx.Conn) error { return queryOne(ctx, c) }
 	// The release on postgres is closed, not pooled, and its slot goes to
 	// app's waiting pool.
 	waitsUntil(t, "a third transaction at the user's cap", func() error { return one(c) }, func() {
