@@ -11,3 +11,7 @@ func (s *Server) PumpsRunning() int64 { return s.pumpsRunning.Load() }
 // closing listeners or waking idle sessions: the window a client's message
 // can fall into before Shutdown's wake-up reaches its session.
 func (s *Server) StartDrainingOnly() { s.draining.Store(true) }
+
+// PeekAfter is how long a server connection must sit idle before acquire
+// checks that the server has not closed it (pool.go).
+const PeekAfter = peekAfter

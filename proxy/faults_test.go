@@ -673,6 +673,12 @@ func TestStalledNetworkPath(t *testing.T) {
 	// Baseline: two logged-in clients, one pooled server connection
 	// relayed, the admin endpoint and its keep-alive connection.
 	base := runtime.NumGoroutine()
+	// The pooled connection must have sat idle for longer than
+	// proxy.PeekAfter, or acquire lends it without checking it, by design,
+	// and a gets 08006 on the cut connection instead of dialling through
+	// the stalled path (on a quiet machine waitPoolDrained returns within
+	// that time).
+	time.Sleep(4 * proxy.PeekAfter)
 
 	// The path stalls and the pooled server connection is reset.
 	r.stall()
