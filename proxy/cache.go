@@ -360,19 +360,48 @@ type cacheState struct {
 	capture *cacheCapture
 	// held are extended-protocol messages (unnamed Parse, Bind, Describe
 	// of the unnamed portal) kept back until the Execute that tells
-	// whether the cache can answer them. Bodies are copies.
+	// whether the cache can answer them. Bodies are copies in x.arena;
+	// the slice keeps its capacity between statements.
 	held []heldMsg
 	// tx accumulates what the current transaction wrote (mu).
 	tx cacheWrite
 	// keyBuf is cacheKey's input buffer (session goroutine).
 	keyBuf []byte
+	// x is what the extended-protocol hook reuses from one statement to
+	// the next, so that a hit allocates nothing. Allocated at the first
+	// Parse a rule may ask for: it holds two Decisions (192 bytes each),
+	// which an idle client would otherwise carry in its session.
+	x *cacheScratch
+}
+
+// cacheScratch is the session goroutine's reusable state of the
+// extended-protocol hook (cacheState.x).
+type cacheScratch struct {
+	// arena holds the bodies of the held messages; reset when the first
+	// message is held.
+	arena []byte
+	// parse is the decision of the held Parse (heldMsg.d points here), and
+	// parseGen the classifier generation it was made in.
+	parse    routing.Decision
+	parseGen uint64
+	// stmt is heldStmt's answer for a held Parse. Nothing keeps it: a hit
+	// copies it into the session's unnamed statement.
+	stmt stmtInfo
 	// memo is the decision of the last Parse text classified here, so
-	// that handleParse does not classify it again. Allocated at the first
-	// use and reused: a Decision is 192 bytes, which an idle client
-	// would otherwise carry in its session.
-	memoQuery string
-	memo      *routing.Decision
+	// that handleParse does not classify it again; memoQuery is its text,
+	// valid while memoSet.
+	memoQuery []byte
+	memoSet   bool
+	memo      routing.Decision
 	memoGen   uint64 // the classifier generation memo was made in
+}
+
+// cacheX returns the session's cacheScratch, allocating it at first use.
+func (s *session) cacheX() *cacheScratch {
+	if s.cache.x == nil {
+		s.cache.x = new(cacheScratch)
+	}
+	return s.cache.x
 }
 
 type heldMsg struct {
@@ -549,7 +578,7 @@ func (s *session) cacheQuery(d *routing.Decision, body []byte) (done bool, err e
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		s.pushLocked(op{kind: opSynth, msg: frames})
-		s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, 'I'}})
+		s.pushLocked(op{kind: opSynth, msg: readyMsg('I')})
 		s.cycle++
 		return true, s.flushClientLocked()
 	}
@@ -729,14 +758,16 @@ func (s *session) cacheExtended(typ byte, body []byte) (done bool, err error) {
 			if _, query, _, ok := parseMsg(body); ok && s.srv.cache.mayAsk(query) {
 				// The cache is on, so classify's shortcut for a proxy
 				// that neither routes nor caches does not apply.
-				d, gen := s.srv.classifier.ClassifyGen(string(query))
-				if s.cache.memo == nil {
-					s.cache.memo = new(routing.Decision)
+				x := s.cacheX()
+				d, gen := s.classifyText(query)
+				x.memoQuery, x.memoSet, x.memo, x.memoGen = append(x.memoQuery[:0], query...), true, d, gen
+				if cap(x.memoQuery) > maxScratchBytes {
+					x.memoSet, x.memoQuery = false, nil // handleParse classifies it again
 				}
-				s.cache.memoQuery, *s.cache.memo, s.cache.memoGen = string(query), d, gen
 				if s.srv.cache.ttlFor(&d) > 0 && d.Cacheable && s.cacheIdle() {
 					s.hold(typ, body)
-					s.cache.held[0].d = &d
+					x.parse, x.parseGen = d, gen
+					s.cache.held[0].d = &x.parse
 					return true, nil
 				}
 			}
@@ -785,18 +816,32 @@ func (sc *serverCache) mayAsk(query []byte) bool {
 // returns the classifier generation the decision was made in, which is
 // not always the current one (routing.Classifier.Generation).
 func (s *session) classifyParse(query []byte) (routing.Decision, uint64) {
-	c := s.srv.classifier
-	if s.cache.memoQuery != "" && s.cache.memoQuery == string(query) {
-		d, gen := *s.cache.memo, s.cache.memoGen
-		s.cache.memoQuery, *s.cache.memo = "", routing.Decision{}
-		return d, gen
+	if x := s.cache.x; x != nil && x.memoSet {
+		x.memoSet = false
+		if bytes.Equal(x.memoQuery, query) {
+			d := x.memo
+			x.memo = routing.Decision{} // drop its references
+			return d, x.memoGen
+		}
 	}
+	return s.classifyText(query)
+}
+
+// classifyText classifies a Parse's text, reusing the unnamed statement's
+// decision when it holds the same text and the classifier's catalog has
+// not changed since.
+func (s *session) classifyText(query []byte) (routing.Decision, uint64) {
+	c := s.srv.classifier
 	if u := s.unnamed; u != nil && u.gen == c.Generation() && unnamedText(u.parse, query) {
 		c.NoteHit()
 		return u.decision, u.gen
 	}
 	return c.ClassifyBytesGen(query)
 }
+
+// maxScratchBytes bounds what a session keeps of a large statement in its
+// reusable buffers (cacheScratch) after the statement is done with.
+const maxScratchBytes = 64 << 10
 
 // unnamedText reports whether parse, the body of an unnamed statement's
 // Parse (NUL, text, NUL, parameter types), holds exactly the text query.
@@ -811,15 +856,31 @@ func (s *session) cacheIdle() bool {
 	return s.cacheReadyLocked() == ""
 }
 
+// hold keeps a copy of a message back (cacheState.held). The copies live
+// in the session's arena, which the first held message of a statement
+// resets: nothing refers to the bodies once the held messages are
+// answered or released (their handlers copy what they keep).
 func (s *session) hold(typ byte, body []byte) {
-	s.cache.held = append(s.cache.held, heldMsg{typ: typ, body: append([]byte(nil), body...)})
+	x := s.cacheX()
+	if len(s.cache.held) == 0 {
+		if cap(x.arena) > maxScratchBytes {
+			x.arena = nil
+		}
+		x.arena = x.arena[:0]
+	}
+	at := len(x.arena)
+	x.arena = append(x.arena, body...)
+	s.cache.held = append(s.cache.held, heldMsg{typ: typ, body: x.arena[at:len(x.arena):len(x.arena)]})
 }
 
 // heldStmt returns the statement a Bind refers to: the held Parse, or the
-// client's statement of that name.
+// client's statement of that name. The held Parse's record is the
+// session's scratch one: valid until the next call.
 func (s *session) heldStmt(name []byte) *stmtInfo {
 	if h := s.cache.held; len(h) > 0 && h[0].typ == 'P' {
-		return &stmtInfo{decision: *h[0].d, parse: h[0].body}
+		x := s.cacheX()
+		x.stmt = stmtInfo{decision: *h[0].d, gen: x.parseGen, parse: h[0].body}
+		return &x.stmt
 	}
 	if len(name) == 0 {
 		return s.unnamed
@@ -830,7 +891,7 @@ func (s *session) heldStmt(name []byte) *stmtInfo {
 // releaseHeld sends the held messages on their normal way.
 func (s *session) releaseHeld() error {
 	held := s.cache.held
-	s.cache.held = nil
+	s.cache.held = held[:0]
 	for _, m := range held {
 		var err error
 		switch m.typ {
@@ -895,13 +956,17 @@ func (s *session) cacheExecute(exec []byte) (bool, error) {
 		s.cacheDropCapture()
 		return true, err
 	}
-	s.cache.held = nil
+	s.cache.held = held[:0]
 	if parse != nil {
 		// The client's unnamed statement is now this one; it is
 		// prepared on a server lazily, when next used there.
-		s.unnamed = &stmtInfo{decision: *d, parse: parse}
+		u := s.newStmtInfo("")
+		u.decision, u.gen = info.decision, info.gen
+		u.parse = append(u.parse, parse...)
+		s.recycleUnnamed(s.unnamed)
+		s.unnamed = u
 		s.unnamedGen++
-		s.lastBound = s.unnamed
+		s.lastBound = u
 	} else {
 		s.lastBound = info
 	}

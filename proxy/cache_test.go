@@ -183,6 +183,67 @@ func TestCacheHitByteIdentical(t *testing.T) {
 	}
 }
 
+// The extended-protocol hook keeps held messages in a buffer the session
+// reuses from one statement to the next. What a hit makes the client's
+// unnamed statement must outlive that buffer: after a hit, a Bind of the
+// unnamed statement with other parameters (a miss, so the statement is
+// prepared again on whichever server runs it) must run the same text. And
+// a pipeline of a hit, a miss and more in one Sync must
+// give the bytes PostgreSQL gives.
+func TestCacheHeldMessagesReuse(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	asApp(t, "DROP TABLE IF EXISTS cache_held; CREATE TABLE cache_held(id int primary key, name text); INSERT INTO cache_held SELECT g, 'name ' || g FROM generate_series(1, 20) g")
+	dsn, srv := startProxy(t, cluster, withCache(config.CacheMemory, config.CacheRule{Tables: []string{"cache_held"}, TTL: time.Minute}))
+	direct := rawConnect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
+	via := rawConnect(t, ctx, dsn)
+
+	long := "SELECT id, name, id * 2 AS twice, id + 1 AS next FROM cache_held WHERE id >= $1 ORDER BY id"
+	short := "SELECT name FROM cache_held WHERE id = $1"
+	stmt := func(text, param string) []pgproto3.FrontendMessage {
+		return []pgproto3.FrontendMessage{
+			&pgproto3.Parse{Query: text},
+			&pgproto3.Bind{Parameters: [][]byte{[]byte(param)}},
+			&pgproto3.Describe{ObjectType: 'P'},
+			&pgproto3.Execute{},
+		}
+	}
+	bindOnly := func(param string) []pgproto3.FrontendMessage {
+		return []pgproto3.FrontendMessage{&pgproto3.Bind{Parameters: [][]byte{[]byte(param)}}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}}
+	}
+	sync := []pgproto3.FrontendMessage{&pgproto3.Sync{}}
+	batch := func(parts ...[]pgproto3.FrontendMessage) []pgproto3.FrontendMessage {
+		var out []pgproto3.FrontendMessage
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return append(out, sync...)
+	}
+	check := func(what string, msgs []pgproto3.FrontendMessage) {
+		t.Helper()
+		sameBytes(t, what, via.roundTrip(msgs...), direct.roundTrip(msgs...))
+	}
+
+	check("fill long", batch(stmt(long, "3")))
+	check("fill short", batch(stmt(short, "4")))
+	h := cacheStats(srv).Hits
+	check("hit long", batch(stmt(long, "3")))
+	if got := cacheStats(srv).Hits - h; got != 1 {
+		t.Fatalf("second read of the long text: %d hits, want 1: the test proves nothing", got)
+	}
+	// The unnamed statement is now the long text, answered from the cache
+	// and not prepared on any server; this Bind is a miss.
+	check("bind after a hit", batch(bindOnly("15")))
+	// Hit, miss (held messages released), then the other text (not looked
+	// up: the miss is in flight) and a Bind of the unnamed statement, in
+	// one Sync.
+	h = cacheStats(srv).Hits
+	check("pipeline", batch(stmt(long, "3"), stmt(long, "9"), stmt(short, "4"), bindOnly("6")))
+	if got := cacheStats(srv).Hits - h; got != 1 {
+		t.Fatalf("pipeline: %d hits, want 1", got)
+	}
+}
+
 // A write through the proxy makes the next read fresh: autocommit, explicit
 // transaction (invalidated at commit), TRUNCATE, and a write in another
 // schema-qualified spelling of the table.

@@ -208,6 +208,24 @@ func (s *session) emitDueLocked() {
 
 func isReady(msg []byte) bool { return len(msg) > 0 && msg[0] == 'Z' }
 
+// readyMsgs are the ReadyForQuery messages the proxy synthesizes, by
+// transaction status; shared and never written to.
+var readyMsgs = [3][]byte{{'Z', 0, 0, 0, 5, 'I'}, {'Z', 0, 0, 0, 5, 'T'}, {'Z', 0, 0, 0, 5, 'E'}}
+
+// readyMsg returns a ReadyForQuery with transaction status st, without
+// allocating for PostgreSQL's three statuses.
+func readyMsg(st byte) []byte {
+	switch st {
+	case 'I':
+		return readyMsgs[0]
+	case 'T':
+		return readyMsgs[1]
+	case 'E':
+		return readyMsgs[2]
+	}
+	return []byte{'Z', 0, 0, 0, 5, st}
+}
+
 // startSkipLocked enters PostgreSQL's "ignore until Sync" state after an
 // error in cycle c: queued ops of that cycle before its Sync will get no
 // response and are removed (forgetting statements whose Parse the server

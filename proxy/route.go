@@ -140,7 +140,7 @@ func (s *session) setRoute(set routing.SessionSet) error {
 	if s.b == nil {
 		st = 'I'
 	}
-	s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, st}})
+	s.pushLocked(op{kind: opSynth, msg: readyMsg(st)})
 	s.cycle++
 	return s.flushClientLocked()
 }

@@ -455,7 +455,7 @@ func (s *session) localError(err error, atSync bool) error {
 		if s.b == nil {
 			st = 'I'
 		}
-		s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, st}})
+		s.pushLocked(op{kind: opSynth, msg: readyMsg(st)})
 		s.cycle++
 	} else {
 		s.localSkip = true
@@ -470,7 +470,7 @@ func (s *session) handleSync() error {
 	attached := s.b != nil
 	if !attached {
 		st := s.txStatus
-		s.pushLocked(op{kind: opSynth, msg: []byte{'Z', 0, 0, 0, 5, st}})
+		s.pushLocked(op{kind: opSynth, msg: readyMsg(st)})
 		s.cycle++
 		s.skipping = false
 		err := s.flushClientLocked()
