@@ -42,17 +42,18 @@ var adminParams = [][2]string{
 
 // adminLogin finishes the login of an authenticated client that asked for
 // the admin database: admin.users only.
-func (s *session) adminLogin() error {
+func (s *session) adminLogin(authOK []byte) error {
 	if !slices.Contains(s.cfg.Admin.Users, s.user) {
 		err := pgerr.Fatal(pgerr.InvalidAuthorizationSpecification,
 			"pgsluice admin console: user %q is not in admin.users", s.user)
+		s.w.Write(authOK)
 		s.sendFatal(err)
 		return err
 	}
 	s.admin = true
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.clientWriterLocked()
+	s.clientWriterLocked().Write(authOK)
 	for _, p := range adminParams {
 		v := p[1]
 		if p[0] == "application_name" {

@@ -133,7 +133,8 @@ func (s *session) startup(ctx context.Context) error {
 		return err
 	}
 	lookup := func(string) (string, bool) { return password, known }
-	be := pgproto3.NewBackend(lio, lio)
+	lw := &loginWriter{w: lio}
+	be := pgproto3.NewBackend(lio, lw)
 	err = auth.AuthenticateClient(actx, be, auth.Method(s.cfg.Auth.Method), s.user, lookup)
 	cancel()
 	if err != nil {
@@ -143,11 +144,16 @@ func (s *session) startup(ctx context.Context) error {
 		}
 		return err
 	}
+	// AuthenticationOk (and SCRAM's final message) are still in be: they
+	// go out with the rest of the answer below, or before its error, in
+	// one write.
+	authOK := lw.take(be)
 	if s.database == adminDatabase {
-		return s.adminLogin()
+		return s.adminLogin(authOK)
 	}
 	if _, disabled := s.srv.dbState(s.database); disabled {
 		err := disabledErr(s.database)
+		s.w.Write(authOK)
 		s.sendFatal(err)
 		return err
 	}
@@ -165,6 +171,7 @@ func (s *session) startup(ctx context.Context) error {
 	params, err := s.loginParams(deadline)
 	if err != nil {
 		if !isNetErr(err) || errors.Is(err, pgerr.ErrBackendUnavailable) {
+			s.w.Write(authOK)
 			s.sendFatal(err)
 		}
 		return err
@@ -173,7 +180,7 @@ func (s *session) startup(ctx context.Context) error {
 	s.initClientBuffers() // so that the login's last answers go out through raw I/O too
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.clientWriterLocked()
+	s.clientWriterLocked().Write(authOK)
 	for _, name := range sortedKeys(params) {
 		s.w.Write(encode(&pgproto3.ParameterStatus{Name: name, Value: params[name]}))
 	}
@@ -311,4 +318,29 @@ func (s *session) userSecret(ctx context.Context) (string, bool, error) {
 		s.srv.m.authQueries.WithLabelValues("not_found").Inc()
 	}
 	return secret, found, nil
+}
+
+// loginWriter is the writer of the pgproto3.Backend that authenticates a
+// client: it writes through to the connection until take keeps what the
+// backend still holds (auth.AuthenticateClient leaves AuthenticationOk
+// unflushed).
+type loginWriter struct {
+	w    io.Writer
+	keep bool
+	kept []byte
+}
+
+func (lw *loginWriter) Write(p []byte) (int, error) {
+	if lw.keep {
+		lw.kept = append(lw.kept, p...)
+		return len(p), nil
+	}
+	return lw.w.Write(p)
+}
+
+// take returns the messages be has queued but not flushed.
+func (lw *loginWriter) take(be *pgproto3.Backend) []byte {
+	lw.keep = true
+	be.Flush() // into lw.kept: cannot fail
+	return lw.kept
 }

@@ -214,6 +214,9 @@ func (r *relay) serve(c net.Conn) {
 		c.Write(pgerr.AppendResponse(nil, err))
 		return
 	}
+	if err := be.Flush(); err != nil { // AuthenticationOk is left queued
+		return
+	}
 	sc, err := net.Dial("tcp", r.pg.addr())
 	if err != nil {
 		c.Write(pgerr.AppendResponse(nil, err))

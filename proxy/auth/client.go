@@ -52,9 +52,11 @@ func md5Hex(s string) string {
 //
 // For MethodSCRAM it sends AuthenticationSASL offering only SCRAM-SHA-256 and
 // runs the exchange; for MethodMD5 it sends AuthenticationMD5Password with a
-// random salt; for MethodTrust it asks nothing. On success it sends
-// AuthenticationOk (flushed) and returns nil; the caller continues with
-// ParameterStatus, BackendKeyData and ReadyForQuery.
+// random salt; for MethodTrust it asks nothing. On success it queues
+// AuthenticationOk (after AuthenticationSASLFinal for SCRAM) in be without
+// flushing it, and returns nil: the caller flushes be with, or before, what
+// it sends next (ParameterStatus, BackendKeyData and ReadyForQuery, or an
+// error), so that a login's last answer reaches the client in one write.
 //
 // lookup returns the user's configured password and true for a known user.
 // The password may be a stored secret (see secret.go): with a SCRAM verifier
@@ -203,8 +205,10 @@ func authSCRAM(ctx context.Context, be *pgproto3.Backend, user, password string,
 	return sendOK(be)
 }
 
+// sendOK queues AuthenticationOk without flushing (see AuthenticateClient).
 func sendOK(be *pgproto3.Backend) error {
-	return send(be, &pgproto3.AuthenticationOk{})
+	be.Send(&pgproto3.AuthenticationOk{})
+	return nil
 }
 
 func send(be *pgproto3.Backend, msg pgproto3.BackendMessage) error {

@@ -1,8 +1,10 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -40,6 +42,9 @@ func runScripted(t *testing.T, ctx context.Context, method Method, user string, 
 	be := pgproto3.NewBackend(srv, srv)
 	be.SetMaxBodyLen(MaxMessageLen)
 	err := AuthenticateClient(ctx, be, method, user, lookupAlice)
+	if err == nil {
+		be.Flush() // AuthenticationOk is left queued
+	}
 	srv.Close()
 	<-done
 	return err
@@ -209,4 +214,92 @@ func TestAuthenticateClientScripted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// AuthenticateClient leaves its last messages queued in be, for the caller
+// to send with its next ones in one write: nothing of AuthenticationOk (nor
+// SCRAM's final message) reaches the connection before be.Flush.
+func TestAuthenticateClientLeavesOKQueued(t *testing.T) {
+	for _, method := range []Method{MethodTrust, MethodMD5, MethodSCRAM} {
+		t.Run(string(method), func(t *testing.T) {
+			var out bytes.Buffer
+			in := new(bytes.Buffer)
+			step := func() pgproto3.BackendMessage { // the message AuthenticateClient just flushed
+				fe := pgproto3.NewFrontend(bytes.NewReader(out.Bytes()), io.Discard)
+				out.Reset()
+				m, err := fe.Receive()
+				if err != nil {
+					t.Fatalf("reading what was flushed: %v", err)
+				}
+				return m
+			}
+			// The client's answers are scripted in advance from what the
+			// server sends, so they are written to in as the exchange goes.
+			var c *SCRAMClient
+			feIn := pgproto3.NewFrontend(nil, in)
+			reader := &stepReader{in: in, before: func() {
+				if out.Len() == 0 {
+					return
+				}
+				switch m := step().(type) {
+				case *pgproto3.AuthenticationMD5Password:
+					feIn.Send(&pgproto3.PasswordMessage{Password: MD5Password("alice", "secret", m.Salt)})
+				case *pgproto3.AuthenticationSASL:
+					c = NewSCRAMClient("secret")
+					feIn.Send(&pgproto3.SASLInitialResponse{AuthMechanism: SCRAMMechanism, Data: c.ClientFirst()})
+				case *pgproto3.AuthenticationSASLContinue:
+					final, err := c.ClientFinal(m.Data)
+					if err != nil {
+						t.Fatal(err)
+					}
+					feIn.Send(&pgproto3.SASLResponse{Data: final})
+				default:
+					t.Fatalf("unexpected %T before the end of the exchange", m)
+				}
+				feIn.Flush()
+			}}
+			be := pgproto3.NewBackend(reader, &out)
+			if err := AuthenticateClient(context.Background(), be, method, "alice", lookupAlice); err != nil {
+				t.Fatal(err)
+			}
+			if out.Len() != 0 {
+				t.Fatalf("%d bytes reached the connection after the exchange, before be.Flush: %q", out.Len(), out.Bytes())
+			}
+			if err := be.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			fe := pgproto3.NewFrontend(bytes.NewReader(out.Bytes()), io.Discard)
+			m, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if method == MethodSCRAM {
+				fin, ok := m.(*pgproto3.AuthenticationSASLFinal)
+				if !ok {
+					t.Fatalf("first queued message %T, want AuthenticationSASLFinal", m)
+				}
+				if err := c.VerifyServerFinal(fin.Data); err != nil {
+					t.Fatal(err)
+				}
+				if m, err = fe.Receive(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, ok := m.(*pgproto3.AuthenticationOk); !ok {
+				t.Fatalf("queued %T, want AuthenticationOk", m)
+			}
+		})
+	}
+}
+
+// stepReader calls before ahead of every read, so a test can answer what
+// the code under test has just flushed.
+type stepReader struct {
+	in     io.Reader
+	before func()
+}
+
+func (r *stepReader) Read(p []byte) (int, error) {
+	r.before()
+	return r.in.Read(p)
 }
