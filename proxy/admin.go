@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -330,10 +331,11 @@ func (s *Server) setFlagLocked() {
 }
 
 // waitIfPaused blocks while the proxy, or database db, is paused (or until
-// it drains).
-func (s *Server) waitIfPaused(db string) {
+// it drains). It returns errKilled when the admin console KILLed the
+// session's database meanwhile (kill is the session's idleKill).
+func (s *Server) waitIfPaused(db string, kill *atomic.Uint32) error {
 	if !s.pausedFlag.Load() {
-		return
+		return killedErr(kill)
 	}
 	s.gate.mu.Lock()
 	ch, paused := s.gate.resumed, s.gate.paused
@@ -342,20 +344,32 @@ func (s *Server) waitIfPaused(db string) {
 	}
 	s.gate.mu.Unlock()
 	if !paused {
-		return
+		return killedErr(kill)
 	}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ch:
-			return
+			return killedErr(kill)
 		case <-tick.C:
 			if s.draining.Load() {
-				return
+				return nil
+			}
+			if err := killedErr(kill); err != nil {
+				return err
 			}
 		}
 	}
+}
+
+// killedErr is the FATAL of a session whose database the admin console
+// KILLed (kill is its idleKill), nil for any other.
+func killedErr(kill *atomic.Uint32) error {
+	if kill.Load() == idleKillAdmin {
+		return idleKillErr(idleKillAdmin)
+	}
+	return nil
 }
 
 // pause stops lending server connections and waits until every lent one

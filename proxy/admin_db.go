@@ -89,8 +89,9 @@ func disabledErr(db string) error {
 }
 
 // killGrace is how long KILL leaves a client that is neither waiting for
-// its next message nor holding a server connection (queued for one, say)
-// to notice, before its socket is closed.
+// its next message, nor holding or queued for a server connection (those
+// get 57P01 at once), to notice, before its socket is closed: one in the
+// middle of its password exchange, say.
 const killGrace = time.Second
 
 // kill closes every client of database db and its server connections,

@@ -272,6 +272,83 @@ func TestAdminKillSessionMode(t *testing.T) {
 	connect(t, ctx, dsn).Close(ctx)
 }
 
+// KILL reaches clients that are queued, not only those that hold a server
+// connection or wait for their next message: one waiting for the pool's
+// only connection and one held by PAUSE db get FATAL 57P01 too, instead of
+// running their statement on the killed database or losing their socket
+// without a word.
+func TestAdminKillQueued(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dsn, _ := startProxy(t, cluster, withObs(false, func(cfg *config.Config) {
+		cfg.Admin.Users = []string{local.AppUser}
+		cfg.Pool.Size = 1
+		cfg.Pool.AcquireTimeout = 20 * time.Second
+	}))
+	admin, err := pgconn.Connect(ctx, adminDSN(t, dsn, local.AppUser, local.AppPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	run := func(sql string) {
+		t.Helper()
+		if _, err := adminRows(t, ctx, admin, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	want57P01 := func(what string, done <-chan error) {
+		t.Helper()
+		select {
+		case err := <-done:
+			var pe *pgconn.PgError
+			if !errors.As(err, &pe) || pe.Code != "57P01" || pe.Severity != "FATAL" {
+				t.Fatalf("%s: %v, want FATAL 57P01", what, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: still waiting 10 s after KILL", what)
+		}
+	}
+	// killWhileWaiting runs fn in the background, checks that it waits,
+	// then KILLs app and wants FATAL 57P01 from fn.
+	killWhileWaiting := func(what string, fn func() error) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- fn() }()
+		select {
+		case err := <-done:
+			t.Fatalf("%s did not wait: %v", what, err)
+		case <-time.After(300 * time.Millisecond):
+		}
+		run("KILL app")
+		want57P01(what, done)
+	}
+	// Queued for the pool's only server connection, which a transaction
+	// holds, with an INSERT that must not run.
+	asApp(t, "DROP TABLE IF EXISTS admin_kill_queued; CREATE TABLE admin_kill_queued(v int)")
+	holder, queued := connect(t, ctx, dsn), connect(t, ctx, dsn)
+	tx := beginTx(t, ctx, holder)
+	killWhileWaiting("a client queued for a server connection", func() error {
+		_, err := queued.Exec(ctx, "INSERT INTO admin_kill_queued VALUES (1)")
+		return err
+	})
+	if _, err := tx.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("the transaction holding the connection survived KILL")
+	}
+	direct := connect(t, ctx, cluster.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase))
+	var rows int
+	if err := direct.QueryRow(ctx, "SELECT count(*) FROM admin_kill_queued").Scan(&rows); err != nil || rows != 0 {
+		t.Fatalf("the queued client's INSERT after KILL: %d rows, %v", rows, err)
+	}
+	run("RESUME app")
+
+	// Held by PAUSE app.
+	paused := connect(t, ctx, dsn)
+	run("PAUSE app")
+	killWhileWaiting("a client held by PAUSE", func() error { return queryOne(ctx, paused) })
+	run("RESUME app")
+	connect(t, ctx, dsn).Close(ctx)
+}
+
 func wantAdminErr(t *testing.T, ctx context.Context, admin *pgconn.PgConn, sql, code, msg string) {
 	t.Helper()
 	_, err := admin.Exec(ctx, sql).ReadAll()

@@ -336,7 +336,9 @@ func (s *session) attach(d *routing.Decision) error {
 		return nil
 	}
 	s.mu.Unlock()
-	s.srv.waitIfPaused(s.database)
+	if err := s.srv.waitIfPaused(s.database, &s.idleKill); err != nil {
+		return err
+	}
 	p, n := s.choose(d)
 	// No context deadline: acquire bounds its wait by pool.acquire_timeout
 	// (a timer only when it must wait) and dialing by pool.connect_timeout.
@@ -348,6 +350,13 @@ func (s *session) attach(d *routing.Decision) error {
 			s.srv.topo.markDown(n)
 			return s.attach(nil)
 		}
+		return err
+	}
+	if err := killedErr(&s.idleKill); err != nil {
+		// KILL came while the client was queued for this connection (the
+		// killed sessions' connections closing made room): it runs
+		// nothing more on the database.
+		p.discard(b)
 		return err
 	}
 	s.mu.Lock()

@@ -215,11 +215,17 @@ func (s *session) loginParams(deadline time.Time) (map[string]string, error) {
 		}
 		defer done()
 	}
-	s.srv.waitIfPaused(s.database)
+	if err := s.srv.waitIfPaused(s.database, &s.idleKill); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	b, err := s.pool.acquire(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := killedErr(&s.idleKill); err != nil {
+		s.pool.discard(b)
 		return nil, err
 	}
 	if b.settingsSig != s.settings.sig {
