@@ -70,7 +70,7 @@ func newMetrics(reg prometheus.Registerer, srv *Server) (*metrics, error) {
 			Name: "pgsluice_auth_failures_total", Help: "Client authentication failures.",
 		}),
 		authQueries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pgsluice_auth_queries_total", Help: "auth.query lookups of client users, by result (found, not_found, error).",
+			Name: "pgsluice_auth_queries_total", Help: "auth.query lookups of client users, by result (found, not_found, error; shared: answered by a lookup of the same user another login had running).",
 		}, []string{"result"}),
 		acquireWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "pgsluice_pool_wait_seconds",

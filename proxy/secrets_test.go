@@ -243,6 +243,53 @@ GRANT EXECUTE ON FUNCTION pgsluice.user_lookup(text) TO pgsluice_auth;`)
 
 // queryProxy starts a proxy that looks users up with q; app stays in
 // auth.users with its plaintext password (the query would find it too).
+// A storm of logins of one looked-up user (seed 000's Lambda burst) shares
+// the lookups in flight: with a lookup that takes 300 ms, 30 logins at
+// once cost a few queries on the primary, not 30, and every login works.
+// A login after the storm asks again.
+func TestAuthQueryStorm(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	su := connect(t, ctx, cluster.Primary.SuperuserDSN("postgres"))
+	if _, err := su.Exec(ctx, "DROP ROLE IF EXISTS aq_storm; CREATE ROLE aq_storm LOGIN PASSWORD 'storm'"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { su.Exec(context.Background(), "DROP ROLE IF EXISTS aq_storm") })
+	slow := authQuery
+	slow.SQL = "WITH s AS MATERIALIZED (SELECT pg_sleep(0.3)) SELECT usename, passwd FROM pg_catalog.pg_shadow, s WHERE usename = $1"
+	dsn, reg := queryProxy(t, slow)
+	queries := func(result string) float64 {
+		return counterValue(t, reg, "pgsluice_auth_queries_total", "result", result)
+	}
+	const clients = 30
+	errs := make(chan error, clients)
+	for range clients {
+		go func() {
+			c, err := pgconn.Connect(ctx, dsnFor(t, dsn, "aq_storm", "storm", "app"))
+			if err == nil {
+				c.Close(ctx)
+			}
+			errs <- err
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Fatalf("a login of the storm: %v", err)
+		}
+	}
+	found, shared := queries("found"), queries("shared")
+	if found+shared != clients {
+		t.Fatalf("found %v + shared %v lookups, want %d logins counted", found, shared, clients)
+	}
+	if found > clients/3 {
+		t.Fatalf("%v queries ran for %d simultaneous logins of one user: lookups in flight are not shared", found, clients)
+	}
+	connect(t, ctx, dsnFor(t, dsn, "aq_storm", "storm", "app")).Close(ctx)
+	if queries("found") != found+1 {
+		t.Fatalf("a login after the storm: found %v, want %v (nothing is cached)", queries("found"), found+1)
+	}
+}
+
 func queryProxy(t *testing.T, q config.AuthQueryConfig) (string, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()

@@ -313,8 +313,13 @@ func (s *session) userSecret(ctx context.Context) (string, bool, error) {
 	if pw, ok := s.cfg.UserPassword(s.user); ok || s.cfg.Auth.Method == config.AuthTrust || s.cfg.Auth.Query.SQL == "" {
 		return pw, ok, nil
 	}
-	secret, found, err := s.srv.authq.lookup(ctx, s.cfg, s.srv.topo.writer().addr, s.user)
+	secret, found, shared, err := s.srv.authq.lookup(ctx, s.cfg, s.srv.topo.writer().addr, s.user)
 	switch {
+	case shared:
+		s.srv.m.authQueries.WithLabelValues("shared").Inc()
+		if err != nil {
+			return "", false, err
+		}
 	case err != nil:
 		s.srv.m.authQueries.WithLabelValues("error").Inc()
 		return "", false, err
