@@ -331,11 +331,12 @@ func (s *Server) setFlagLocked() {
 }
 
 // waitIfPaused blocks while the proxy, or database db, is paused (or until
-// it drains). It returns errKilled when the admin console KILLed the
-// session's database meanwhile (kill is the session's idleKill).
+// it drains). It returns killedErr's FATAL when the admin console KILLed
+// the session's database (kill is the session's idleKill) before or
+// during a wait; callers check again after they acquire a connection.
 func (s *Server) waitIfPaused(db string, kill *atomic.Uint32) error {
 	if !s.pausedFlag.Load() {
-		return killedErr(kill)
+		return nil
 	}
 	s.gate.mu.Lock()
 	ch, paused := s.gate.resumed, s.gate.paused

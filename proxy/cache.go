@@ -369,8 +369,8 @@ type cacheState struct {
 	keyBuf []byte
 	// x is what the extended-protocol hook reuses from one statement to
 	// the next, so that a hit allocates nothing. Allocated at the first
-	// Parse a rule may ask for: it holds two Decisions (192 bytes each),
-	// which an idle client would otherwise carry in its session.
+	// Parse a rule may ask for: it holds three Decisions (192 bytes each),
+	// which a client that never asks would otherwise carry in its session.
 	x *cacheScratch
 }
 
