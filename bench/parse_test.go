@@ -222,9 +222,11 @@ func TestChurnCeiling(t *testing.T) {
 		suffix string
 	}{
 		{"client-bound", Sample{TPS: 210, CPUPerTxnUs: 400, ClientCPUPerTxnUs: 8000}, Sample{TPS: 200, CPUPerTxnUs: 800, ClientCPUPerTxnUs: 8000},
-			1.05, "; ceiling 1.05× with pgbench at 8.0 ms of CPU per connection"},
+			1.05, "; CPU-bound estimate of the ceiling 1.05× with pgbench at 8.0 ms of CPU per connection"},
 		{"mean of both clients", Sample{TPS: 210, CPUPerTxnUs: 300, ClientCPUPerTxnUs: 1000}, Sample{TPS: 200, CPUPerTxnUs: 800, ClientCPUPerTxnUs: 2000},
-			1.2, "; ceiling 1.20× with pgbench at 1.5 ms of CPU per connection"},
+			1.2, "; CPU-bound estimate of the ceiling 1.20× with pgbench at 1.5 ms of CPU per connection"},
+		{"above the estimate", Sample{TPS: 200, CPUPerTxnUs: 100, ClientCPUPerTxnUs: 8000}, Sample{TPS: 220, CPUPerTxnUs: 800, ClientCPUPerTxnUs: 8000},
+			8100.0 / 8000, "; above the CPU-bound estimate of 1.01× (pgbench at 8.0 ms of CPU per connection): not bound by CPU alone"},
 		{"no client CPU", Sample{TPS: 210, CPUPerTxnUs: 300}, Sample{TPS: 200, CPUPerTxnUs: 800}, 0, ""},
 	}
 	for _, c := range cases {
@@ -240,7 +242,7 @@ func TestChurnCeiling(t *testing.T) {
 					m = ch.Measured
 				}
 			}
-			if want := fmt.Sprintf("%.2f× (200 vs 210)", 200.0/210) + c.suffix; m != want {
+			if want := fmt.Sprintf("%.2f× (%.0f vs %.0f)", c.s.TPS/c.b.TPS, c.s.TPS, c.b.TPS) + c.suffix; m != want {
 				t.Errorf("measured %q, want %q", m, want)
 			}
 		})
