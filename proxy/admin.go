@@ -21,8 +21,8 @@ import (
 // (what psql uses) and answers SHOW POOLS, CLIENTS, SERVERS, STATS,
 // QUERIES, REPLICAS, CACHE, CONFIG, DATABASES, VERSION, HELP (admin_show.go
 // builds the rows), and RELOAD, PAUSE, RESUME, RECONNECT, WAIT_CLOSE,
-// DISABLE, ENABLE, KILL (admin_db.go for the per-database ones). Other users
-// are refused with 28000.
+// DISABLE, ENABLE, KILL (admin_db.go for the per-database ones) and
+// SHUTDOWN. Other users are refused with 28000.
 
 // adminDatabase is the database name that opens the admin console.
 const adminDatabase = "pgsluice"
@@ -221,9 +221,9 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: want %s <database>", verb)
 		}
 		return s.adminDBCommand(verb, words[1])
-	case "RELOAD":
+	case "RELOAD", "SHUTDOWN":
 		if len(words) != 1 {
-			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: RELOAD takes no argument")
+			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: %s takes no argument", verb)
 		}
 	}
 	switch verb {
@@ -236,6 +236,13 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 		}
 		s.srv.log.Info("configuration reloaded (admin RELOAD)", "user", s.user)
 		return &resultSet{tag: "RELOAD"}, nil
+	case "SHUTDOWN":
+		if s.srv.shutdown == nil {
+			return nil, pgerr.New(pgerr.FeatureNotSupported, "SHUTDOWN is not available: this pgsluice is embedded in a program that did not provide it")
+		}
+		s.srv.log.Warn("shutting down (admin SHUTDOWN)", "user", s.user)
+		s.srv.shutdown()
+		return &resultSet{tag: "SHUTDOWN"}, nil
 	case "PAUSE":
 		s.srv.log.Info("pausing (admin PAUSE): new queries wait", "user", s.user)
 		s.srv.pause()
@@ -248,7 +255,7 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 		s.srv.waitClose("")
 		return &resultSet{tag: "WAIT_CLOSE"}, nil
 	}
-	return nil, pgerr.New(pgerr.SyntaxError, "syntax error at or near %q: the admin console accepts SHOW, RELOAD, PAUSE, RESUME, RECONNECT, WAIT_CLOSE, DISABLE, ENABLE and KILL (SHOW HELP)", truncate(words[0], 64))
+	return nil, pgerr.New(pgerr.SyntaxError, "syntax error at or near %q: the admin console accepts SHOW, RELOAD, PAUSE, RESUME, RECONNECT, WAIT_CLOSE, DISABLE, ENABLE, KILL and SHUTDOWN (SHOW HELP)", truncate(words[0], 64))
 }
 
 // adminDBCommand runs a command on one database (admin_db.go).

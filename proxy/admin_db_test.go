@@ -232,7 +232,10 @@ func TestAdminDatabases(t *testing.T) {
 		run("WAIT_CLOSE")
 	})
 
-	for sql, code := range map[string]string{"KILL": "42601", "DISABLE": "42601", "PAUSE a b": "42601", "RESUME nosuchdb": "55000"} {
+	// SHUTDOWN needs the program's hook (cmd/pgsluice has it:
+	// TestBinaryAdminShutdown); this in-process proxy has none.
+	for sql, code := range map[string]string{"KILL": "42601", "DISABLE": "42601", "PAUSE a b": "42601", "RESUME nosuchdb": "55000",
+		"SHUTDOWN": "0A000", "SHUTDOWN now": "42601"} {
 		wantAdminErr(t, ctx, admin, sql, code, "")
 	}
 }

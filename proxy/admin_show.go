@@ -58,7 +58,8 @@ func showHelp(*Server) *resultSet {
 		[]string{"WAIT_CLOSE [db]", "return once no server connection from before the last RECONNECT is left"},
 		[]string{"DISABLE db", "refuse new clients of db (55000); connected ones go on"},
 		[]string{"ENABLE db", "accept new clients of db again"},
-		[]string{"KILL db", "close every client of db (57P01) and its server connections; db stays paused until RESUME db"})
+		[]string{"KILL db", "close every client of db (57P01) and its server connections; db stays paused until RESUME db"},
+		[]string{"SHUTDOWN", "shut pgsluice down as on SIGTERM: idle clients closed (57P01), transactions finish within shutdown_timeout"})
 	return r
 }
 

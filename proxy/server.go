@@ -29,7 +29,11 @@ type Options struct {
 	Gatherer   prometheus.Gatherer
 	Logger     *slog.Logger
 	Reload     func() error // re-reads and applies the configuration (admin RELOAD); nil: RELOAD reports it is not available
-	Version    string       // SHOW VERSION ("dev" when empty)
+	// Shutdown asks the program to shut down as on SIGTERM (admin
+	// SHUTDOWN); it must not wait for the shutdown, which closes the
+	// console's own connection. nil: SHUTDOWN reports it is not available.
+	Shutdown func()
+	Version  string // SHOW VERSION ("dev" when empty)
 }
 
 // Server is a running pgsluice proxy: the client listener, the pools and the
@@ -70,6 +74,7 @@ type Server struct {
 
 	// Admin console (admin.go): RELOAD hook and PAUSE/RESUME gate.
 	reload     func() error
+	shutdown   func()
 	gate       pauseGate
 	pausedFlag atomic.Bool
 
@@ -119,6 +124,7 @@ func New(cfg config.Config, opts Options) (*Server, error) {
 		sessions: map[*session]struct{}{},
 		done:     make(chan struct{}),
 		reload:   opts.Reload,
+		shutdown: opts.Shutdown,
 		version:  cmp.Or(opts.Version, "dev"),
 
 		vanishCancels: make(chan struct{}, maxVanishCancels),

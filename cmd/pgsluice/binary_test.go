@@ -173,6 +173,7 @@ type fileConfig struct {
 	port, adminPort int
 	poolSize        int
 	users           string // YAML list items
+	adminUsers      string // admin.users as a YAML flow list, e.g. "[app]"
 	replicas        bool
 	extra           string // appended verbatim
 }
@@ -183,10 +184,14 @@ func (c fileConfig) write(t *testing.T, path string) {
 	if c.replicas {
 		replicas = fmt.Sprintf("[{host: %s, port: %d}]", cluster.Replica.Host, cluster.Replica.Port)
 	}
+	adminUsers := ""
+	if c.adminUsers != "" {
+		adminUsers = "\n  users: " + c.adminUsers
+	}
 	y := fmt.Sprintf(`listen: 127.0.0.1:%d
 shutdown_timeout: 30s
 admin:
-  listen: 127.0.0.1:%d
+  listen: 127.0.0.1:%d%s
 primary: {host: %s, port: %d}
 replicas: %s
 pool:
@@ -200,7 +205,7 @@ tls: {server: disable}
 routing:
   health_interval: 100ms
   monitor: {database: app}
-%s`, c.port, c.adminPort, cluster.Primary.Host, cluster.Primary.Port, replicas, c.poolSize, c.users, c.extra)
+%s`, c.port, c.adminPort, adminUsers, cluster.Primary.Host, cluster.Primary.Port, replicas, c.poolSize, c.users, c.extra)
 	// Write then rename, as editors and ConfigMaps do: the watcher never
 	// sees half a file.
 	tmp := path + ".tmp"
@@ -515,5 +520,48 @@ func TestBinaryHandoverPgbench(t *testing.T) {
 			}
 			_ = next
 		})
+	}
+}
+
+// admin SHUTDOWN drains the real binary as SIGTERM does: the console gets
+// its answer, an idle client FATAL 57P01, and the process exits 0.
+func TestBinaryAdminShutdown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fc := fileConfig{port: freePort(t), adminPort: freePort(t), poolSize: 2, users: appUser, adminUsers: "[app]"}
+	path := filepath.Join(t.TempDir(), "pgsluice.yaml")
+	fc.write(t, path)
+	p := startBinary(t, "shutdown", path)
+	idle, err := pgx.Connect(ctx, fc.dsn("app", "secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close(ctx)
+	if _, err := idle.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://app:secret@127.0.0.1:%d/pgsluice?sslmode=disable", fc.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	res, err := admin.Exec(ctx, "SHUTDOWN").ReadAll()
+	if err != nil {
+		t.Fatalf("SHUTDOWN: %v", err)
+	}
+	if len(res) != 1 || res[0].CommandTag.String() != "SHUTDOWN" {
+		t.Fatalf("SHUTDOWN answered %+v", res)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("pgsluice still running 20 s after SHUTDOWN")
+	}
+	if p.exitErr != nil {
+		t.Fatalf("pgsluice exited with %v after SHUTDOWN", p.exitErr)
+	}
+	p.waitLog(t, `shutting down: waiting for running transactions.*reason="admin SHUTDOWN"`, 1)
+	if _, err := idle.Exec(ctx, "SELECT 1"); sqlState(err) != "57P01" {
+		t.Fatalf("an idle client after SHUTDOWN: %v, want 57P01", err)
 	}
 }

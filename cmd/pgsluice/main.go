@@ -62,7 +62,16 @@ func run(args []string) int {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rl := &reloader{path: cfgPath, log: log, level: level, current: cfg}
-	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Gatherer: reg, Logger: log, Version: version, Reload: func() error { return rl.reload("admin RELOAD") }})
+	// admin SHUTDOWN: the main loop below drains as on SIGTERM.
+	shutdownReq := make(chan struct{}, 1)
+	requestShutdown := func() {
+		select {
+		case shutdownReq <- struct{}{}:
+		default: // already asked
+		}
+	}
+	srv, err := proxy.New(cfg, proxy.Options{Registerer: reg, Gatherer: reg, Logger: log, Version: version,
+		Reload: func() error { return rl.reload("admin RELOAD") }, Shutdown: requestShutdown})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgsluice:", err)
 		return 2
@@ -123,7 +132,9 @@ func run(args []string) int {
 			log.Info("handover done; exiting")
 			return 0
 		case sig := <-sigs:
-			return shutdown(srv, log, sigs, sig, rl.shutdownTimeout())
+			return shutdown(srv, log, sigs, sig.String(), rl.shutdownTimeout())
+		case <-shutdownReq:
+			return shutdown(srv, log, sigs, "admin SHUTDOWN", rl.shutdownTimeout())
 		case err := <-serveErr:
 			if err != nil {
 				log.Error("listener failed", "err", err)
@@ -134,10 +145,11 @@ func run(args []string) int {
 	}
 }
 
-// shutdown drains on SIGTERM/SIGINT: idle clients are closed, running
-// transactions may finish within timeout; a second signal stops at once.
-func shutdown(srv *proxy.Server, log *slog.Logger, sigs chan os.Signal, sig os.Signal, timeout time.Duration) int {
-	log.Info("shutting down: waiting for running transactions", "signal", sig.String(), "timeout", timeout)
+// shutdown drains on SIGTERM/SIGINT or admin SHUTDOWN (why): idle clients
+// are closed, running transactions may finish within timeout; a signal
+// during the drain stops at once.
+func shutdown(srv *proxy.Server, log *slog.Logger, sigs chan os.Signal, why string, timeout time.Duration) int {
+	log.Info("shutting down: waiting for running transactions", "reason", why, "timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	go func() {
