@@ -98,10 +98,10 @@ const killGrace = time.Second
 // and leaves db paused. It returns the number of clients.
 func (s *Server) kill(db string) int {
 	s.pauseDB(db, false)
-	// First, so that every server connection a killed session releases
-	// from now on is closed, not pooled: idle server connections close now,
-	// lent ones on release.
-	s.reconnect(db)
+	// Every victim is marked before any server connection closes: a
+	// closed connection makes room (in its pool, under a connection cap),
+	// and a victim queued there must find its mark when it gets the
+	// connection (attach).
 	var victims []*session
 	for _, sess := range s.sessionList() {
 		if sess.admin || sess.database != db {
@@ -109,6 +109,12 @@ func (s *Server) kill(db string) int {
 		}
 		victims = append(victims, sess)
 		sess.idleKill.Store(idleKillAdmin)
+	}
+	// Then, so that every server connection a killed session releases
+	// from now on is closed, not pooled: idle server connections close now,
+	// lent ones on release.
+	s.reconnect(db)
+	for _, sess := range victims {
 		sess.conn.SetReadDeadline(time.Now()) // wakes its wait for the client
 		sess.mu.Lock()
 		b, running := sess.b, sess.b != nil && sess.ops.len() > 0
