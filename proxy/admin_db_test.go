@@ -33,8 +33,18 @@ func adminRows(t *testing.T, ctx context.Context, admin *pgconn.PgConn, sql stri
 }
 
 // waitsUntil runs fn in the background and checks it is still blocked
-// after a while; release must unblock it.
+// after a while; release must unblock it, and fn must then succeed.
 func waitsUntil(t *testing.T, what string, fn func() error, release func()) {
+	t.Helper()
+	if err := blockedUntil(t, what, fn, release); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// blockedUntil runs fn in the background, checks it is still blocked
+// after a while, calls release and returns what fn returns then (within
+// 10 s).
+func blockedUntil(t *testing.T, what string, fn func() error, release func()) error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- fn() }()
@@ -46,12 +56,11 @@ func waitsUntil(t *testing.T, what string, fn func() error, release func()) {
 	release()
 	select {
 	case err := <-done:
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
+		return err
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s still blocked", what)
 	}
+	return nil
 }
 
 // The per-database admin commands of PgBouncer's console: SHOW VERSION and
@@ -299,31 +308,15 @@ func TestAdminKillQueued(t *testing.T) {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
-	want57P01 := func(what string, done <-chan error) {
-		t.Helper()
-		select {
-		case err := <-done:
-			var pe *pgconn.PgError
-			if !errors.As(err, &pe) || pe.Code != "57P01" || pe.Severity != "FATAL" {
-				t.Fatalf("%s: %v, want FATAL 57P01", what, err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: still waiting 10 s after KILL", what)
-		}
-	}
 	// killWhileWaiting runs fn in the background, checks that it waits,
 	// then KILLs app and wants FATAL 57P01 from fn.
 	killWhileWaiting := func(what string, fn func() error) {
 		t.Helper()
-		done := make(chan error, 1)
-		go func() { done <- fn() }()
-		select {
-		case err := <-done:
-			t.Fatalf("%s did not wait: %v", what, err)
-		case <-time.After(300 * time.Millisecond):
+		err := blockedUntil(t, what, fn, func() { run("KILL app") })
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "57P01" || pe.Severity != "FATAL" {
+			t.Fatalf("%s: %v, want FATAL 57P01", what, err)
 		}
-		run("KILL app")
-		want57P01(what, done)
 	}
 	// Queued for the pool's only server connection, which a transaction
 	// holds, with an INSERT that must not run.
