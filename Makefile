@@ -69,12 +69,12 @@ clean:
 # bench/README.md): Markdown on stdout, bench/results/latest.{json,svg}.
 # bench-quick is the short form (under 3 minutes).
 .PHONY: bench bench-quick bench-floor
-bench:
+bench: deps
 	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
 	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
 	$(BIN)/pgsluice-bench
 
-bench-quick:
+bench-quick: deps
 	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
 	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
 	$(BIN)/pgsluice-bench -quick
@@ -82,7 +82,7 @@ bench-quick:
 # bench-floor: scenario 8 alone (about 4 minutes): both proxies beside
 # bench/floor's minimal forwarders (goroutines, channel pool, epoll loop);
 # results in bench/results/floor/.
-bench-floor:
+bench-floor: deps
 	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice
 	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
 	$(GO) build -o $(BIN)/pgsluice-floor ./bench/cmd/pgsluice-floor
