@@ -79,8 +79,9 @@ bench-quick: deps
 	$(GO) build -o $(BIN)/pgsluice-bench ./bench/cmd/pgsluice-bench
 	$(BIN)/pgsluice-bench -quick
 
-# bench-floor: scenario 8 alone (about 4 minutes): both proxies beside
-# bench/floor's minimal forwarders (goroutines, channel pool, epoll loop);
+# bench-floor: scenario 8 alone (about 5 minutes): both proxies beside
+# bench/floor's minimal forwarders (goroutines, channel pool, epoll loop,
+# goroutines on a poller of their own);
 # results in bench/results/floor/.
 bench-floor: deps
 	$(GO) build -o $(BIN)/pgsluice ./cmd/pgsluice

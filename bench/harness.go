@@ -27,14 +27,16 @@ const (
 	PgsluiceCacheRedis = "pgsluice cache=redis"
 	PgsluiceCacheOff   = "pgsluice cache=off"
 	// Scenario 8: bench/floor's minimal forwarders.
-	FloorCopy = "floor copy"
-	FloorPool = "floor pool"
-	FloorLoop = "floor loop"
+	FloorCopy  = "floor copy"
+	FloorPool  = "floor pool"
+	FloorLoop  = "floor loop"
+	FloorPark  = "floor park"
+	FloorPark1 = "floor park1"
 )
 
 // floors maps scenario 8's targets to their bench/floor model, in report
 // order.
-var floors = []struct{ target, model string }{{FloorCopy, "copy"}, {FloorPool, "pool"}, {FloorLoop, "loop"}}
+var floors = []struct{ target, model string }{{FloorCopy, "copy"}, {FloorPool, "pool"}, {FloorLoop, "loop"}, {FloorPark, "park"}, {FloorPark1, "park1"}}
 
 // Config says what Run measures and for how long. It is a plain value.
 type Config struct {
@@ -257,7 +259,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 
 	// Warm up: fill both pools and PostgreSQL's buffers.
-	for _, name := range []string{Direct, PgBouncer, Pgsluice, PgsluiceNR, PgsluiceCacheMem, PgsluiceCacheRedis, PgsluiceCacheOff, FloorCopy, FloorPool, FloorLoop} {
+	for _, name := range []string{Direct, PgBouncer, Pgsluice, PgsluiceNR, PgsluiceCacheMem, PgsluiceCacheRedis, PgsluiceCacheOff, FloorCopy, FloorPool, FloorLoop, FloorPark, FloorPark1} {
 		if t, ok := r.targets[name]; ok {
 			if _, err := r.pgbench(ctx, t, "simple", 50, time.Second, false, false); err != nil {
 				return rep, fmt.Errorf("warm-up %s: %w", name, err)

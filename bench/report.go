@@ -565,11 +565,11 @@ func (r *Report) Markdown() string {
 // the interleaved rounds.
 func floorSection(r *Report, w func(string, ...any), note func(*Case)) {
 	w("### 8. Floor: the least a forwarder costs (50 clients, pool %d)\n\n", r.Config.PoolSize)
-	w("bench/floor's minimal forwarders beside both proxies: `copy` is two goroutines per client and a server connection each (no pool), `pool` one goroutine per client and a channel of %d server connections, `loop` one epoll loop on a locked thread with raw system calls (PgBouncer's design). They parse nothing but frame headers, and pool and loop let clients in without a password (the 50 logins of a run are part of every target's CPU figure, a small share of it).\n\n", r.Config.PoolSize)
+	w("bench/floor's minimal forwarders beside both proxies: `copy` is two goroutines per client and a server connection each (no pool), `pool` one goroutine per client and a channel of %d server connections, `loop` one epoll loop on a locked thread with raw system calls (PgBouncer's design), `park` the pool's goroutines woken by a poller of the forwarder's own instead of the runtime's netpoller, `park1` the same on one thread (GOMAXPROCS 1). They parse nothing but frame headers, and pool and loop let clients in without a password (the 50 logins of a run are part of every target's CPU figure, a small share of it).\n\n", r.Config.PoolSize)
 	w("| -M | target | TPS | CPU/txn µs | CPU ÷ PgBouncer | per round |\n|---|---|---:|---:|---:|---|\n")
 	for _, mode := range []string{"simple", "extended"} {
 		pb := r.Find(8, mode, PgBouncer)
-		for _, tn := range []string{PgBouncer, Pgsluice, FloorCopy, FloorPool, FloorLoop} {
+		for _, tn := range []string{PgBouncer, Pgsluice, FloorCopy, FloorPool, FloorLoop, FloorPark, FloorPark1} {
 			c := r.Find(8, mode, tn)
 			if c == nil {
 				continue

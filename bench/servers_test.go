@@ -228,7 +228,7 @@ func TestStartFloorBinary(t *testing.T) {
 	if err := os.WriteFile(script, []byte("\\set id random(1, 100)\nSELECT v FROM floor_t WHERE id = :id;\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, model := range []string{"copy", "pool", "loop"} {
+	for _, model := range []string{"copy", "pool", "loop", "park", "park1"} {
 		t.Run(model, func(t *testing.T) {
 			p, tgt, err := bench.StartFloor(ctx, bench.FloorConfig{
 				Bin: bin, Name: "floor " + model, Model: model, LogPath: filepath.Join(t.TempDir(), "floor.log"),

@@ -1,6 +1,6 @@
-// Package floor holds three deliberately minimal PostgreSQL forwarders. They
+// Package floor holds five deliberately minimal PostgreSQL forwarders. They
 // are not proxies anyone should run: they exist to measure, beside PgBouncer
-// and pgsluice, what the cheapest possible forwarder costs in each of three
+// and pgsluice, what the cheapest possible forwarder costs in each of several
 // Go designs, so that the gap between pgsluice and PgBouncer can be split
 // into "our code" and "the model" (bench scenario 8, `make bench-floor`).
 //
@@ -19,6 +19,15 @@
 //     design (Linux only). The loop waits in epoll_wait while holding its P
 //     for up to loopRawWait, then falls back to the runtime-aware blocking
 //     call, so an idle loop does not hold up the garbage collector.
+//   - ModelPark: ModelPool's goroutines, but the sockets are taken away
+//     from the runtime's netpoller: a goroutine that finds its socket
+//     empty parks on a channel, and one poller goroutine of the
+//     forwarder's own (woken through the runtime when its edge-triggered
+//     epoll instance has events) wakes every ready socket's goroutine in
+//     one pass (Linux only). ModelPark1 is the same with GOMAXPROCS 1
+//     while it serves: one thread runs the poller and all the goroutines.
+//     They ask whether the loop's advantage is its batched wake-ups,
+//     which goroutine code could keep, or its callback structure.
 //
 // Only frame headers are looked at (to find ReadyForQuery). Nothing here
 // handles errors gracefully beyond closing the client: a lost server

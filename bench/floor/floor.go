@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -18,10 +19,16 @@ const (
 	ModelCopy Model = "copy"
 	ModelPool Model = "pool"
 	ModelLoop Model = "loop"
+	ModelPark Model = "park"
+	// ModelPark1 is ModelPark with GOMAXPROCS set to 1 while it serves
+	// (a process-wide setting, restored when Serve returns): one thread
+	// runs the poller and every client goroutine, as PgBouncer's one
+	// thread runs its loop.
+	ModelPark1 Model = "park1"
 )
 
 // Models lists every model, in the order reports show them.
-var Models = []Model{ModelCopy, ModelPool, ModelLoop}
+var Models = []Model{ModelCopy, ModelPool, ModelLoop, ModelPark, ModelPark1}
 
 // Serve accepts clients on ln and forwards them to the PostgreSQL server
 // that serverDSN names, using model with size server connections (ModelCopy
@@ -35,7 +42,7 @@ func Serve(ctx context.Context, ln net.Listener, model Model, serverDSN string, 
 			return err
 		}
 		return serveCopy(ln, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
-	case ModelPool, ModelLoop:
+	case ModelPool, ModelLoop, ModelPark, ModelPark1:
 		if size < 1 {
 			return errors.New("floor: pool size must be at least 1")
 		}
@@ -43,12 +50,18 @@ func Serve(ctx context.Context, ln net.Listener, model Model, serverDSN string, 
 		if err != nil {
 			return err
 		}
-		if model == ModelPool {
+		switch model {
+		case ModelPool:
 			return servePool(ln, conns, params)
+		case ModelPark:
+			return servePark(ln, conns, params)
+		case ModelPark1:
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+			return servePark(ln, conns, params)
 		}
 		return serveLoop(ln, conns, params)
 	}
-	return fmt.Errorf("floor: unknown model %q (want copy, pool or loop)", model)
+	return fmt.Errorf("floor: unknown model %q (want copy, pool, loop, park or park1)", model)
 }
 
 // openServers logs size connections in to the server and returns their

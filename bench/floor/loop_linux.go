@@ -69,10 +69,28 @@ func serveLoop(ln net.Listener, conns []net.Conn, params []byte) error {
 		return err
 	}
 	go l.run()
+	err = acceptDetached(ln, params, func(fd int) {
+		l.mu.Lock()
+		l.clients[fd] = &loopClient{fd: fd}
+		l.mu.Unlock()
+		if l.watch(fd) != nil {
+			l.mu.Lock()
+			delete(l.clients, fd)
+			l.mu.Unlock()
+			syscall.Close(fd)
+		}
+	})
+	syscall.Write(l.stop[1], []byte{0})
+	return err
+}
+
+// acceptDetached accepts clients until ln fails; each logs in on a
+// goroutine of its own, which then calls serve with the client's socket
+// detached from the Go runtime.
+func acceptDetached(ln net.Listener, params []byte, serve func(fd int)) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			syscall.Write(l.stop[1], []byte{0})
 			return err
 		}
 		go func() {
@@ -80,18 +98,8 @@ func serveLoop(ln net.Listener, conns []net.Conn, params []byte) error {
 				c.Close()
 				return
 			}
-			fd, err := detach(c)
-			if err != nil {
-				return
-			}
-			l.mu.Lock()
-			l.clients[fd] = &loopClient{fd: fd}
-			l.mu.Unlock()
-			if l.watch(fd) != nil {
-				l.mu.Lock()
-				delete(l.clients, fd)
-				l.mu.Unlock()
-				syscall.Close(fd)
+			if fd, err := detach(c); err == nil {
+				serve(fd)
 			}
 		}()
 	}
@@ -194,11 +202,7 @@ func (l *loop) fromServer(s *loopServer, buf []byte) {
 	if err != nil || n == 0 {
 		// Lost (the server stopped): the pool shrinks by one, and its
 		// client, if any, is closed.
-		l.mu.Lock()
-		delete(l.servers, s.fd)
-		l.mu.Unlock()
-		syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, s.fd, nil)
-		syscall.Close(s.fd)
+		forget(&l.mu, l.servers, l.epfd, s.fd)
 		l.idle = slices.DeleteFunc(l.idle, func(x *loopServer) bool { return x == s })
 		if c := s.cl; c != nil && c.fd >= 0 {
 			c.srv = nil
@@ -242,13 +246,19 @@ func (l *loop) release(s *loopServer) {
 	l.idle = append(l.idle, s)
 }
 
+// forget closes fd after taking it out of m (under mu) and out of the
+// epoll instance: out of the map before the number is free for a new
+// login.
+func forget[V any](mu *sync.Mutex, m map[int]V, epfd, fd int) {
+	mu.Lock()
+	delete(m, fd)
+	mu.Unlock()
+	syscall.EpollCtl(epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	syscall.Close(fd)
+}
+
 func (l *loop) closeClient(c *loopClient) {
-	// Out of the map before the number is free for a new login.
-	l.mu.Lock()
-	delete(l.clients, c.fd)
-	l.mu.Unlock()
-	syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
-	syscall.Close(c.fd)
+	forget(&l.mu, l.clients, l.epfd, c.fd)
 	c.fd = -1
 	if s := c.srv; s != nil {
 		// Mid-batch, fromServer decides at the ReadyForQuery; idle in

@@ -10,3 +10,7 @@ import (
 func serveLoop(ln net.Listener, conns []net.Conn, params []byte) error {
 	return errors.New("floor: the loop model needs Linux (epoll)")
 }
+
+func servePark(ln net.Listener, conns []net.Conn, params []byte) error {
+	return errors.New("floor: the park model needs Linux (epoll)")
+}

@@ -17,7 +17,7 @@ import (
 )
 
 func main() {
-	model := flag.String("model", "loop", "copy, pool or loop")
+	model := flag.String("model", "loop", "copy, pool, loop, park or park1")
 	listen := flag.String("listen", "127.0.0.1:6433", "address to accept clients on")
 	server := flag.String("server", "", "PostgreSQL DSN the server connections log in with (copy uses only its host and port)")
 	size := flag.Int("pool", 20, "server connections (pool and loop)")
