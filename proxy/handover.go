@@ -135,7 +135,7 @@ func (s *Server) Handover(ctx context.Context) error {
 			continue
 		case <-ctx.Done():
 		}
-		s.log.Warn("handover: shutdown_timeout reached with clients still connected; closing them as on SIGTERM", "clients", n)
+		s.log.Warn("handover: ended with clients still connected (shutdown_timeout, or SIGTERM or SHUTDOWN during the handover); closing them as on SIGTERM", "clients", n)
 		break
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

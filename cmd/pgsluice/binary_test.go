@@ -565,3 +565,66 @@ func TestBinaryAdminShutdown(t *testing.T) {
 		t.Fatalf("an idle client after SHUTDOWN: %v, want 57P01", err)
 	}
 }
+
+// admin SHUTDOWN from a console session still connected to a process that
+// is handing over (SIGUSR2) ends the handover as SIGTERM does: the
+// remaining clients are closed as on SIGTERM (5 s of grace for open
+// transactions) instead of being served until shutdown_timeout (30 s
+// here), and the open transaction is not committed.
+func TestBinaryAdminShutdownDuringHandover(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fc := fileConfig{port: freePort(t), adminPort: freePort(t), poolSize: 2, users: appUser, adminUsers: "[app]"}
+	path := filepath.Join(t.TempDir(), "pgsluice.yaml")
+	fc.write(t, path)
+	p := startBinary(t, "handover-shutdown", path)
+	direct, err := pgx.Connect(ctx, cluster.Primary.DSN("app", "secret", "app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close(ctx)
+	if _, err := direct.Exec(ctx, "CREATE TABLE IF NOT EXISTS handover_shutdown_t(id int)"); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := pgx.Connect(ctx, fc.dsn("app", "secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	if _, err := holder.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Exec(ctx, "INSERT INTO handover_shutdown_t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://app:secret@127.0.0.1:%d/pgsluice?sslmode=disable", fc.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+
+	p.signal(t, syscall.SIGUSR2)
+	p.waitLog(t, "handover: listeners closed", 1) // no new process: the quiet window ends it
+	start := time.Now()
+	if _, err := admin.Exec(ctx, "SHUTDOWN").ReadAll(); err != nil {
+		t.Fatalf("SHUTDOWN during the handover: %v", err)
+	}
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pgsluice still handing over 10 s after SHUTDOWN (it waits for the open transaction)")
+	}
+	if p.exitErr != nil {
+		t.Fatalf("pgsluice exited with %v", p.exitErr)
+	}
+	t.Logf("exited %v after SHUTDOWN", time.Since(start).Round(time.Millisecond))
+	p.waitLog(t, "handover: ended with clients still connected", 1)
+	p.waitLog(t, "handover done", 1)
+	var n int
+	if err := direct.QueryRow(ctx, "SELECT count(*) FROM handover_shutdown_t").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("the open transaction's row was committed (%d rows)", n)
+	}
+}

@@ -121,7 +121,14 @@ func run(args []string) int {
 			log.Info("handing over: serving connected clients until they leave", "timeout", timeout)
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			go func() {
-				<-sigs // SIGTERM/SIGINT during a handover: stop now
+				// SIGTERM/SIGINT or admin SHUTDOWN during a handover
+				// (from a console session still connected here): stop
+				// now.
+				select {
+				case <-sigs:
+				case <-shutdownReq:
+				case <-ctx.Done():
+				}
 				cancel()
 			}()
 			err := srv.Handover(ctx)
@@ -147,7 +154,8 @@ func run(args []string) int {
 
 // shutdown drains on SIGTERM/SIGINT or admin SHUTDOWN (why): idle clients
 // are closed, running transactions may finish within timeout; a signal
-// during the drain stops at once.
+// during the drain stops at once. (A second SHUTDOWN cannot come: the
+// drain closes idle console sessions first.)
 func shutdown(srv *proxy.Server, log *slog.Logger, sigs chan os.Signal, why string, timeout time.Duration) int {
 	log.Info("shutting down: waiting for running transactions", "reason", why, "timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
