@@ -96,11 +96,13 @@ func newParkPoller() (*parkPoller, error) {
 	// Non-blocking, so that os.NewFile hands it to the runtime's poller:
 	// an epoll instance is readable while it has events.
 	if err := syscall.SetNonblock(epfd, true); err != nil {
+		syscall.Close(epfd)
 		return nil, err
 	}
 	return &parkPoller{epfd: epfd, ep: os.NewFile(uintptr(epfd), "epoll"), fds: map[int]*parkFD{}}, nil
 }
 
+// add registers fd; on error fd is closed.
 func (pl *parkPoller) add(fd int) (*parkFD, error) {
 	p := &parkFD{fd: fd, wake: make(chan struct{}, 1)}
 	pl.mu.Lock()
@@ -169,12 +171,9 @@ func servePark(ln net.Listener, conns []net.Conn, params []byte) error {
 	}
 	go pl.run()
 	return acceptDetached(ln, params, func(fd int) {
-		p, err := pl.add(fd)
-		if err != nil {
-			syscall.Close(fd)
-			return
+		if p, err := pl.add(fd); err == nil { // add closes fd when it fails
+			parkClient(pl, p, pool)
 		}
-		parkClient(pl, p, pool)
 	})
 }
 
