@@ -221,6 +221,10 @@ func (s *session) adminCommand(words []string) (*resultSet, error) {
 			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: want %s <database>", verb)
 		}
 		return s.adminDBCommand(verb, words[1])
+	case "SUSPEND":
+		// PgBouncer's SUSPEND prepares its online restart (-R), which
+		// passes sockets to the new process; pgsluice's is the handover.
+		return nil, pgerr.New(pgerr.FeatureNotSupported, "SUSPEND is not supported: for a restart without dropping clients, start the new pgsluice on the same addresses and send SIGUSR2 to this one (handover)")
 	case "RELOAD", "SHUTDOWN":
 		if len(words) != 1 {
 			return nil, pgerr.New(pgerr.SyntaxError, "syntax error: %s takes no argument", verb)

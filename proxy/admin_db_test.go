@@ -242,11 +242,13 @@ func TestAdminDatabases(t *testing.T) {
 	})
 
 	// SHUTDOWN needs the program's hook (cmd/pgsluice has it:
-	// TestBinaryAdminShutdown); this in-process proxy has none.
+	// TestBinaryAdminShutdown); this in-process proxy has none. SUSPEND
+	// (PgBouncer's online restart) points to the handover instead.
 	for sql, code := range map[string]string{"KILL": "42601", "DISABLE": "42601", "PAUSE a b": "42601", "RESUME nosuchdb": "55000",
 		"SHUTDOWN": "0A000", "SHUTDOWN now": "42601"} {
 		wantAdminErr(t, ctx, admin, sql, code, "")
 	}
+	wantAdminErr(t, ctx, admin, "SUSPEND", "0A000", "SIGUSR2")
 }
 
 // KILL in session pooling: the client holds its server connection while
