@@ -96,6 +96,20 @@ type proc struct {
 	exitErr error
 }
 
+// waitExit fails the test unless the process exits with status 0 within
+// d; when says after what it should have exited.
+func (p *proc) waitExit(t *testing.T, d time.Duration, when string) {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(d):
+		t.Fatalf("pgsluice %s still running %v %s", p.name, d, when)
+	}
+	if p.exitErr != nil {
+		t.Fatalf("pgsluice %s exited with %v %s", p.name, p.exitErr, when)
+	}
+}
+
 // startBinary runs pgsluice --config path args… and stops it in Cleanup.
 func startBinary(t *testing.T, name, path string, args ...string) *proc {
 	t.Helper()
@@ -498,14 +512,7 @@ func TestBinaryHandoverPgbench(t *testing.T) {
 			if !regexp.MustCompile(`number of transactions actually processed: [1-9]`).MatchString(r.out) {
 				t.Fatal("pgbench processed no transaction")
 			}
-			select {
-			case <-old.exited:
-			case <-time.After(30 * time.Second):
-				t.Fatal("the old process did not exit after its clients left")
-			}
-			if old.exitErr != nil {
-				t.Fatalf("old process: %v", old.exitErr)
-			}
+			old.waitExit(t, 30*time.Second, "after its clients left")
 			old.waitLog(t, "handover done", 1)
 			// The new process serves the port now.
 			c, err := pgx.Connect(ctx, fc.dsn("app", "secret"))
@@ -552,14 +559,7 @@ func TestBinaryAdminShutdown(t *testing.T) {
 	if len(res) != 1 || res[0].CommandTag.String() != "SHUTDOWN" {
 		t.Fatalf("SHUTDOWN answered %+v", res)
 	}
-	select {
-	case <-p.exited:
-	case <-time.After(20 * time.Second):
-		t.Fatal("pgsluice still running 20 s after SHUTDOWN")
-	}
-	if p.exitErr != nil {
-		t.Fatalf("pgsluice exited with %v after SHUTDOWN", p.exitErr)
-	}
+	p.waitExit(t, 20*time.Second, "after SHUTDOWN")
 	p.waitLog(t, `shutting down: waiting for running transactions.*reason="admin SHUTDOWN"`, 1)
 	if _, err := idle.Exec(ctx, "SELECT 1"); sqlState(err) != "57P01" {
 		t.Fatalf("an idle client after SHUTDOWN: %v, want 57P01", err)
@@ -609,14 +609,7 @@ func TestBinaryAdminShutdownDuringHandover(t *testing.T) {
 	if _, err := admin.Exec(ctx, "SHUTDOWN").ReadAll(); err != nil {
 		t.Fatalf("SHUTDOWN during the handover: %v", err)
 	}
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatal("pgsluice still handing over 10 s after SHUTDOWN (it waits for the open transaction)")
-	}
-	if p.exitErr != nil {
-		t.Fatalf("pgsluice exited with %v", p.exitErr)
-	}
+	p.waitExit(t, 10*time.Second, "after SHUTDOWN during the handover (it waits for the open transaction)")
 	t.Logf("exited %v after SHUTDOWN", time.Since(start).Round(time.Millisecond))
 	p.waitLog(t, "handover: ended with clients still connected", 1)
 	p.waitLog(t, "handover done", 1)
