@@ -47,11 +47,11 @@ fuzz-short:
 	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	  for f in $$(grep -hoE '^func (Fuzz[A-Za-z0-9_]+)' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
 	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    ok=0; for try in 1 2; do \
+	    ok=0; for try in 1 2 3; do \
 	      if $(GO) test -run='^$$' -fuzz="^$$f$$" -fuzztime=$(FUZZTIME) $$pkg >/tmp/pgsluice-fuzz.log 2>&1; then ok=1; break; fi; \
 	      grep -q 'Failing input written' /tmp/pgsluice-fuzz.log && break; \
 	      grep -q 'context deadline exceeded' /tmp/pgsluice-fuzz.log || break; \
-	      echo "  (fuzz engine stopped on its own deadline with no failing input; retrying once)"; \
+	      [ $$try = 3 ] || echo "  (fuzz engine stopped on its own deadline with no failing input; try $$try of 3, retrying)"; \
 	    done; \
 	    [ $$ok = 1 ] || { cat /tmp/pgsluice-fuzz.log; exit 1; }; \
 	  done; \
