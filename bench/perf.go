@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgsluice/pgsluice/deploy/local"
 )
 
 // perfProfile samples pid with `perf record` (software cpu-clock, 999 Hz,
@@ -27,7 +29,7 @@ func perfProfile(ctx context.Context, dir, name string, pid int, d time.Duration
 	rec.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var recOut strings.Builder
 	rec.Stdout, rec.Stderr = &recOut, &recOut
-	if err := rec.Start(); err != nil {
+	if err := local.StartCmd(rec); err != nil {
 		return "", fmt.Errorf("perf record: %w", err)
 	}
 	ferr := fn()

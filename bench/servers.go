@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pgsluice/pgsluice/deploy/local"
 )
 
 // Target is one endpoint the scenarios drive: direct PostgreSQL or a proxy.
@@ -94,7 +96,7 @@ func startProc(name, logPath string, env []string, cred *syscall.Credential, pro
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
-	if err := cmd.Start(); err != nil {
+	if err := local.StartCmd(cmd); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pgsluice/pgsluice/deploy/local"
 )
 
 // SyscallCount is what `strace -c` counted for one process over a run.
@@ -89,7 +91,7 @@ func straceRun(ctx context.Context, pid int, fn func() error) (SyscallCount, err
 	cmd := exec.CommandContext(ctx, "strace", "-c", "-f", "-q", "-p", strconv.Itoa(pid))
 	cmd.Stderr = &errb
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := local.StartCmd(cmd); err != nil {
 		return SyscallCount{}, fmt.Errorf("strace: %w", err)
 	}
 	time.Sleep(500 * time.Millisecond) // attach to every thread

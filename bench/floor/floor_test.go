@@ -72,7 +72,7 @@ func TestRFQScanner(t *testing.T) {
 	}
 }
 
-// TestModels runs copy, pool and loop in front of a real PostgreSQL: concurrent
+// TestModels runs every model in front of a real PostgreSQL: concurrent
 // clients on a smaller pool, both protocols, an answer larger than one
 // read, a transaction kept on one server connection, and a client that
 // leaves inside a transaction without leaving it open.
@@ -86,12 +86,7 @@ func TestModels(t *testing.T) {
 	defer cl.Stop()
 	serverDSN := cl.Primary.DSN(local.AppUser, local.AppPassword, local.AppDatabase)
 
-	// park and park1 run only as a separate process here
-	// (TestStartFloorBinary in package bench): in this process, a run
-	// of park after loop twice saw the test's PostgreSQL refuse
-	// connections as "shutting down" (2 of 17 -race runs, cause not
-	// found; a descriptor closed twice in a floor model would do it).
-	for _, m := range []Model{ModelCopy, ModelPool, ModelLoop} {
+	for _, m := range Models {
 		t.Run(string(m), func(t *testing.T) {
 			// A model of its own time: one that hangs fails alone.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

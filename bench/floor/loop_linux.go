@@ -129,6 +129,7 @@ func (l *loop) watch(fd int) error {
 
 func (l *loop) run() {
 	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	evs := make([]syscall.EpollEvent, 256)
 	buf := make([]byte, 16384)
 	for {

@@ -2,6 +2,7 @@ package local
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -49,7 +50,8 @@ func lookupServerUser() (*serverUser, error) {
 
 // sysProcAttr returns the attributes for a child: its own process group (so
 // Stop can reap every descendant), a parent-death signal (so a crashed test
-// process leaves no server behind) and, as root, the server user's identity.
+// process leaves no server behind: start it with StartCmd) and, as root, the
+// server user's identity.
 func (su *serverUser) sysProcAttr(deathSig syscall.Signal) *syscall.SysProcAttr {
 	a := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: deathSig}
 	if su != nil {
@@ -172,7 +174,7 @@ func startProc(su *serverUser, deathSig syscall.Signal, sink *logSink, prefix, d
 	cmd.Stderr = w
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
 	cmd.SysProcAttr = su.sysProcAttr(deathSig)
-	if err := cmd.Start(); err != nil {
+	if err := StartCmd(cmd); err != nil {
 		r.Close()
 		w.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -239,7 +241,13 @@ func runOnce(ctx context.Context, su *serverUser, sink *logSink, prefix, dir, na
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
 	cmd.SysProcAttr = su.sysProcAttr(syscall.SIGKILL)
 	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	err := StartCmd(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	out := buf.Bytes()
 	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
 		if line != "" {
 			sink.printf("%s%s", prefix, line)
