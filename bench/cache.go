@@ -80,7 +80,10 @@ func (r *runner) scenario6(ctx context.Context) error {
 	}
 	r.script = ""
 	r.logf("scenario 6: pgbench -S with the cache on but no rule matching vs cache off")
-	return r.interleaveAlternating(6, CacheCostName, []string{PgsluiceCacheOff, Pgsluice}, max(r.cfg.Runs, 3), func(t Target) (Sample, error) {
+	if err := r.freshBackends(ctx, 6, "extended", PgsluiceCacheOff, Pgsluice); err != nil {
+		return err
+	}
+	return r.interleaveAlternating(6, CacheCostName, []string{PgsluiceCacheOff, Pgsluice}, max(r.cfg.CostPairs, 1), func(t Target) (Sample, error) {
 		return r.pgbench(ctx, t, "extended", 50, r.cfg.Duration, false, false)
 	})
 }

@@ -159,7 +159,7 @@ func TestMedianSample(t *testing.T) {
 // sampleReport is a small report with every kind of case the renderers
 // handle: values, a failing target, n/a targets.
 func sampleReport() *Report {
-	r := &Report{Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Config: QuickConfig().summary()}
+	r := &Report{Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Config: FullConfig().summary()}
 	add := func(sc int, name, target string, s Sample) {
 		r.Cases = append(r.Cases, &Case{Scenario: sc, Name: name, Target: target, Runs: []Sample{s}, Median: s})
 	}

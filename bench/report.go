@@ -45,6 +45,7 @@ type ConfigSummary struct {
 	Duration     string `json:"run_duration"`
 	Runs         int    `json:"runs"`
 	Runs2        int    `json:"runs_scenario2"`
+	CostPairs    int    `json:"feature_cost_pairs"`
 	BigClients   []int  `json:"scenario3_clients"`
 	StormClients int    `json:"storm_clients"`
 	IdleClients  int    `json:"idle_clients"`
@@ -53,7 +54,7 @@ type ConfigSummary struct {
 
 func (c Config) summary() ConfigSummary {
 	return ConfigSummary{PoolSize: c.PoolSize, Scale: c.Scale, Auth: c.Auth, Threads: c.Threads, Duration: c.Duration.String(),
-		Runs: c.Runs, Runs2: c.Runs2, BigClients: c.BigClients, StormClients: c.StormClients, IdleClients: c.IdleClients, ChurnClients: c.ChurnClients}
+		Runs: c.Runs, Runs2: c.Runs2, CostPairs: c.CostPairs, BigClients: c.BigClients, StormClients: c.StormClients, IdleClients: c.IdleClients, ChurnClients: c.ChurnClients}
 }
 
 // Case is one scenario case against one target: every run and the medians.
@@ -392,8 +393,8 @@ func (r *Report) Markdown() string {
 	m := r.Machine
 	w("## pgsluice vs PgBouncer vs direct PostgreSQL\n\n")
 	w("Run %s, %.0f s. %d cores, Linux %s, %s, PostgreSQL %s, %s.  \n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.ElapsedSec, m.Cores, m.Kernel, m.GoVersion, m.Postgres, m.PgBouncer)
-	w("Pool %d per target, transaction pooling, client auth %s, pgbench -S (select-only) at scale %d, -j %d, %s per run; scenario 2: median of %d interleaved runs, others: median of %d (scenarios 1 and 7: at least 3).  \n",
-		r.Config.PoolSize, r.Config.Auth, r.Config.Scale, r.Config.Threads, r.Config.Duration, r.Config.Runs2, r.Config.Runs)
+	w("Pool %d per target, transaction pooling, client auth %s, pgbench -S (select-only) at scale %d, -j %d, %s per run; scenario 2: median of %d interleaved runs, others: median of %d (scenario 1: at least 3); feature costs (scenarios 6 and 7): new server connections and a warm-up run each, then median of %d alternating runs.  \n",
+		r.Config.PoolSize, r.Config.Auth, r.Config.Scale, r.Config.Threads, r.Config.Duration, r.Config.Runs2, r.Config.Runs, r.Config.CostPairs)
 	w("RLIMIT_NOFILE: harness %s, PgBouncer %s, pgsluice %s. Load average (1/5/15 min) before %s, after %s; the machine is shared, so absolute figures move by tens of percent between runs.\n\n",
 		m.NofileHarness, m.NofilePgBouncer, m.NofilePgsluice, m.LoadBefore, m.LoadAfter)
 	var notes []string

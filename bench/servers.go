@@ -306,6 +306,7 @@ func StartPgsluice(ctx context.Context, c PgsluiceConfig) (*Proc, Target, error)
 		"PGSLUICE_POOL_MODE=transaction",
 		"PGSLUICE_POOL_MAX_CLIENT_CONN=" + strconv.Itoa(c.MaxClientConn),
 		"PGSLUICE_AUTH_USERS=" + c.User + ":" + c.Password,
+		"PGSLUICE_ADMIN_USERS=" + c.User, // the harness's RECONNECT (freshBackends)
 		"PGSLUICE_AUTH_METHOD=" + c.AuthMethod,
 		"PGSLUICE_TLS_SERVER=disable",
 		"PGSLUICE_LOG_LEVEL=warn",
