@@ -40,9 +40,10 @@
 // servers with it. Linux sends that signal when the forking *thread* exits,
 // and Go ends a thread whenever a goroutine returns while locked to it, so
 // every child is forked on one thread that never ends (StartCmd; use it for
-// any other child with a parent-death signal). Stop shuts down replica, primary and redis (fast, then
-// SIGKILL of the whole process group after a grace period) and waits for
-// their log pipes to drain; after Stop returns no log line reaches Logf.
+// any other child with a parent-death signal). Stop shuts down replica,
+// primary and redis (fast, then SIGKILL of the whole process group after a
+// grace period) and waits for their log pipes to drain; after Stop returns
+// no log line reaches Logf.
 // Stop is idempotent. StopNode/StartNode/RestartNode, PauseReplay/
 // ResumeReplay and StopRedis/StartRedis make failure tests one line each;
 // nodes keep their port and data directory across restarts, so DSNs stay

@@ -36,7 +36,7 @@ func run() int {
 	pgb := flag.String("pgbouncer", "/usr/sbin/pgbouncer", "pgbouncer binary")
 	scenarios := flag.String("scenarios", "1,2,3,4,5,6,7", "comma-separated scenarios to run; 8 (the floor forwarders of bench/floor, make bench-floor) runs only when named")
 	floorBin := flag.String("floor", "bin/pgsluice-floor", "pgsluice-floor binary (scenario 8)")
-	dur := flag.Duration("duration", 0, "duration of one pgbench run (default: 1s quick, 6s full)")
+	dur := flag.Duration("duration", 0, "duration of one pgbench run (default: 2s quick, 6s full)")
 	runs := flag.Int("runs", 0, "interleaved runs per case (default: 1 quick, 3 full; scenario 2 always >= 3)")
 	idle := flag.Int("idle", 0, "idle clients in scenario 5 (default 5000)")
 	auth := flag.String("auth", "scram-sha-256", "client authentication of both proxies: scram-sha-256 or md5")
