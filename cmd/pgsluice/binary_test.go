@@ -240,6 +240,18 @@ func (c fileConfig) dsn(user, password string) string {
 	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/app?sslmode=disable", user, password, c.port)
 }
 
+// console opens the admin console (database pgsluice) as app, closed when
+// the test ends.
+func (c fileConfig) console(t *testing.T, ctx context.Context) *pgconn.PgConn {
+	t.Helper()
+	admin, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://app:secret@127.0.0.1:%d/pgsluice?sslmode=disable", c.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	return admin
+}
+
 // serverBackends counts user's server connections on the primary.
 func serverBackends(t *testing.T, ctx context.Context, user string) int {
 	t.Helper()
@@ -547,11 +559,7 @@ func TestBinaryAdminShutdown(t *testing.T) {
 	if _, err := idle.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	admin, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://app:secret@127.0.0.1:%d/pgsluice?sslmode=disable", fc.port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
+	admin := fc.console(t, ctx)
 	res, err := admin.Exec(ctx, "SHUTDOWN").ReadAll()
 	if err != nil {
 		t.Fatalf("SHUTDOWN: %v", err)
@@ -597,11 +605,7 @@ func TestBinaryAdminShutdownDuringHandover(t *testing.T) {
 	if _, err := holder.Exec(ctx, "INSERT INTO handover_shutdown_t VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
-	admin, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://app:secret@127.0.0.1:%d/pgsluice?sslmode=disable", fc.port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
+	admin := fc.console(t, ctx)
 
 	p.signal(t, syscall.SIGUSR2)
 	p.waitLog(t, "handover: listeners closed", 1) // no new process: the quiet window ends it
